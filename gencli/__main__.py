@@ -1,0 +1,3 @@
+from gencli.cli import main
+
+main()

@@ -1,0 +1,12 @@
+"""One decoding mode per module, all behind the `Engine` interface."""
+
+from gencli.engines.base import DecodeRequest, Engine, StepEngine
+from gencli.engines.generate import HFGenerateEngine
+from gencli.engines.greedy import NoCacheEngine
+from gencli.engines.kv_cache import KVCacheEngine
+
+ENGINES: dict[str, type[Engine]] = {
+    engine.name: engine for engine in (HFGenerateEngine, NoCacheEngine, KVCacheEngine)
+}
+
+__all__ = ["ENGINES", "DecodeRequest", "Engine", "StepEngine"]

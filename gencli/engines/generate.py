@@ -1,0 +1,33 @@
+"""`generate` mode: Hugging Face `model.generate`, the reference the hand-written loops must match."""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel
+from transformers.cache_utils import DynamicCache
+
+from gencli.engines.base import DecodeRequest, Engine
+from gencli.sampling import generate_kwargs
+
+
+class HFGenerateEngine(Engine):
+    name = "generate"
+    uses_cache = True
+
+    def new_cache(self, model: PreTrainedModel) -> DynamicCache:
+        # Passing our own cache object lets gencli inspect it while and after `generate` runs.
+        return DynamicCache(config=model.config)
+
+    def decode(self, request: DecodeRequest) -> None:
+        with torch.inference_mode():
+            request.model.generate(
+                request.input_ids,
+                attention_mask=torch.ones_like(request.input_ids),
+                past_key_values=request.cache,
+                streamer=request.streamer,
+                # Ours replace generate's own criteria of the same types, so every mode stops alike.
+                stopping_criteria=request.stopping,
+                eos_token_id=request.eos_token_id,
+                pad_token_id=request.eos_token_id,
+                **generate_kwargs(request.options),
+            )

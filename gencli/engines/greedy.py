@@ -1,0 +1,26 @@
+"""`greedy` mode: no cache, so every step runs the whole sequence through the model again.
+
+Step t costs a forward pass over prompt + t tokens: total work grows quadratically with length.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gencli.engines.base import DecodeRequest, StepEngine
+
+
+class NoCacheEngine(StepEngine):
+    name = "greedy"
+    uses_cache = False
+
+    def prefill(self, request: DecodeRequest) -> torch.Tensor:
+        return self._next_logits(request, request.input_ids)
+
+    def decode_one_token(self, request: DecodeRequest, sequence: torch.Tensor) -> torch.Tensor:
+        return self._next_logits(request, sequence)
+
+    @staticmethod
+    def _next_logits(request: DecodeRequest, sequence: torch.Tensor) -> torch.Tensor:
+        # logits_to_keep=1: the head runs on the last position only, the one we sample from.
+        return request.model(sequence, use_cache=False, logits_to_keep=1).logits[:, -1]

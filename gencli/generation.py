@@ -1,0 +1,289 @@
+"""One generation, whatever the mode: tokenize, seed, run the engine, time it, report the result.
+
+This module knows nothing of terminals: text goes to an `on_text` callback.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from transformers import StoppingCriteriaList
+from transformers.generation.stopping_criteria import (
+    EosTokenCriteria,
+    MaxLengthCriteria,
+    StopStringCriteria,
+)
+from transformers.generation.streamers import BaseStreamer, TextStreamer
+
+from gencli.cache import CacheSnapshot, snapshot_cache
+from gencli.config import DecodingOptions, check_prompt
+from gencli.engines import ENGINES, DecodeRequest
+from gencli.errors import GencliError
+from gencli.loading import LoadedModel
+
+FinishReason = Literal["eos", "length", "stop", "interrupted"]
+CacheInspection = Literal["ends", "steps"]
+
+
+@dataclass
+class Timings:
+    """Seconds from the start of generation; `token_times_s` holds when each new token was chosen."""
+
+    prefill_s: float | None = None
+    token_times_s: list[float] = field(default_factory=list)
+
+    @property
+    def ttft_s(self) -> float | None:
+        return self.token_times_s[0] if self.token_times_s else None
+
+    @property
+    def decode_s(self) -> float | None:
+        return self.token_times_s[-1] - self.token_times_s[0] if self.token_times_s else None
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """Decode speed: tokens after the first, over the time they took."""
+        decode_s = self.decode_s
+        if not decode_s:
+            return None
+        return (len(self.token_times_s) - 1) / decode_s
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {
+            "prefill_s": self.prefill_s,
+            "decode_s": self.decode_s,
+            "ttft_s": self.ttft_s,
+            "tokens_per_s": self.tokens_per_s,
+        }
+
+
+@dataclass
+class GenerationResult:
+    mode: str
+    model: str
+    prompt: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    text: str
+    finish_reason: FinishReason
+    timings: Timings
+    seed: int | None
+    device: str
+    dtype: str
+    cache_snapshots: list[CacheSnapshot] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "mode": self.mode,
+            "model": self.model,
+            "prompt": self.prompt,
+            "prompt_token_ids": self.prompt_token_ids,
+            "token_ids": self.token_ids,
+            "text": self.text,
+            "finish_reason": self.finish_reason,
+            "timings": self.timings.to_dict(),
+            "seed": self.seed,
+            "device": self.device,
+            "dtype": self.dtype,
+        }
+        if self.cache_snapshots is not None:
+            final = self.cache_snapshots[-1] if self.cache_snapshots else None
+            result["cache"] = [layer.to_dict() for layer in final.layers] if final else []
+            result["cache_snapshots"] = [snapshot.to_dict() for snapshot in self.cache_snapshots]
+        return result
+
+
+class GenerationInterrupted(Exception):
+    """Ctrl-C during generation; carries what was generated until then."""
+
+    def __init__(self, result: GenerationResult):
+        super().__init__("interrupted")
+        self.result = result
+
+
+class _TextCallbackStreamer(TextStreamer):
+    def __init__(self, tokenizer: Any, on_text: Callable[[str], None]):
+        super().__init__(tokenizer, skip_prompt=False, skip_special_tokens=True)
+        self._on_text = on_text
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text:
+            self._on_text(text)
+
+
+class _RecordingStreamer(BaseStreamer):
+    """Collects new token ids and their times; forwards them to text streaming and cache snapshots."""
+
+    def __init__(
+        self,
+        start: float,
+        text_streamer: TextStreamer | None,
+        on_new_token: Callable[[int], None] | None,
+    ):
+        self.start = start
+        self.text_streamer = text_streamer
+        self.on_new_token = on_new_token
+        self.token_ids: list[int] = []
+        self.token_times_s: list[float] = []
+        self._prompt_seen = False
+        self._ended = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self.token_times_s.append(time.perf_counter() - self.start)
+        self.token_ids.extend(value.reshape(-1).tolist())
+        if self.on_new_token is not None:
+            self.on_new_token(len(self.token_ids))
+        if self.text_streamer is not None:
+            self.text_streamer.put(value)
+
+    def end(self) -> None:
+        if not self._ended and self.text_streamer is not None:
+            self._ended = True
+            self.text_streamer.end()
+
+
+class _PrefillTimer:
+    """Times the model's first forward pass (the prefill) in every mode, `generate` included."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.prefill_s: float | None = None
+        self._started: float | None = None
+        self._handles = [
+            model.register_forward_pre_hook(self._before),
+            model.register_forward_hook(self._after),
+        ]
+
+    def _before(self, module: torch.nn.Module, args: Any) -> None:
+        if self._started is None:
+            self._started = time.perf_counter()
+
+    def _after(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if self.prefill_s is None and self._started is not None:
+            if output.logits.device.type == "cuda":
+                torch.cuda.synchronize()
+            self.prefill_s = time.perf_counter() - self._started
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def build_stopping_criteria(
+    loaded: LoadedModel, prompt_length: int, options: DecodingOptions
+) -> StoppingCriteriaList:
+    criteria = StoppingCriteriaList(
+        [MaxLengthCriteria(max_length=prompt_length + options.max_new_tokens)]
+    )
+    if loaded.eos_token_id is not None:
+        criteria.append(EosTokenCriteria(eos_token_id=loaded.eos_token_id))
+    if options.stop:
+        criteria.append(StopStringCriteria(tokenizer=loaded.tokenizer, stop_strings=list(options.stop)))
+    return criteria
+
+
+def encode_prompt(loaded: LoadedModel, prompt: str, max_new_tokens: int) -> list[int]:
+    check_prompt(prompt)
+    prompt_ids = loaded.tokenizer.encode(prompt, add_special_tokens=False)
+    total = len(prompt_ids) + max_new_tokens
+    if total > loaded.context_length:
+        room = loaded.context_length - len(prompt_ids)
+        fix = f"use --max-new-tokens {room} or less" if room >= 1 else "shorten the prompt"
+        raise GencliError(
+            f"{len(prompt_ids)} prompt tokens + {max_new_tokens} new tokens = {total} exceeds the model's "
+            f"context of {loaded.context_length} tokens; {fix}"
+        )
+    return prompt_ids
+
+
+def _finish_reason(
+    sequence: torch.Tensor, new_ids: list[int], eos_token_id: int | None, stopping: StoppingCriteriaList
+) -> FinishReason:
+    if new_ids and new_ids[-1] == eos_token_id:
+        return "eos"
+    stop_strings = [c for c in stopping if isinstance(c, StopStringCriteria)]
+    if new_ids and any(bool(c(sequence, None).any()) for c in stop_strings):
+        return "stop"
+    return "length"
+
+
+def generate_text(
+    loaded: LoadedModel,
+    prompt: str,
+    mode: str,
+    options: DecodingOptions,
+    on_text: Callable[[str], None] | None = None,
+    inspect_cache: CacheInspection | None = None,
+) -> GenerationResult:
+    """Continue `prompt` with the given mode; stream text to `on_text` as it is produced."""
+    engine = ENGINES[mode]()
+    prompt_ids = encode_prompt(loaded, prompt, options.max_new_tokens)
+    input_ids = torch.tensor([prompt_ids], device=loaded.device)
+    stopping = build_stopping_criteria(loaded, len(prompt_ids), options)
+    cache = engine.new_cache(loaded.model)
+
+    # In greedy mode there is no cache: an inspection then reports an empty list.
+    snapshots: list[CacheSnapshot] | None = [] if inspect_cache else None
+
+    def on_new_token(count: int) -> None:
+        if snapshots is not None and cache is not None and (count == 1 or inspect_cache == "steps"):
+            snapshots.append(snapshot_cache(cache, count))
+
+    seed = options.seed
+    if seed is None and options.samples:
+        seed = random.SystemRandom().randrange(2**32)
+    if seed is not None:
+        torch.manual_seed(seed)
+
+    text_streamer = _TextCallbackStreamer(loaded.tokenizer, on_text) if on_text else None
+    timer = _PrefillTimer(loaded.model)
+    streamer = _RecordingStreamer(time.perf_counter(), text_streamer, on_new_token)
+    request = DecodeRequest(
+        model=loaded.model,
+        tokenizer=loaded.tokenizer,
+        input_ids=input_ids,
+        options=options,
+        eos_token_id=loaded.eos_token_id,
+        stopping=stopping,
+        streamer=streamer,
+        cache=cache,
+    )
+
+    def result(finish_reason: FinishReason | None) -> GenerationResult:
+        new_ids = streamer.token_ids
+        # After the last token the cache no longer changes: the last step's snapshot is the final one.
+        if snapshots is not None and cache is not None and new_ids and snapshots[-1].new_tokens != len(new_ids):
+            snapshots.append(snapshot_cache(cache, len(new_ids)))
+        if finish_reason is None:
+            sequence = torch.tensor([prompt_ids + new_ids])
+            finish_reason = _finish_reason(sequence, new_ids, loaded.eos_token_id, stopping)
+        return GenerationResult(
+            mode=mode,
+            model=loaded.name,
+            prompt=prompt,
+            prompt_token_ids=prompt_ids,
+            token_ids=list(new_ids),
+            text=loaded.tokenizer.decode(new_ids, skip_special_tokens=True),
+            finish_reason=finish_reason,
+            timings=Timings(prefill_s=timer.prefill_s, token_times_s=streamer.token_times_s),
+            seed=seed,
+            device=str(loaded.device),
+            dtype=str(loaded.dtype).removeprefix("torch."),
+            cache_snapshots=snapshots,
+        )
+
+    try:
+        engine.decode(request)
+    except KeyboardInterrupt:
+        streamer.end()
+        raise GenerationInterrupted(result("interrupted")) from None
+    finally:
+        timer.remove()
+    return result(None)

@@ -1,0 +1,141 @@
+"""Model and tokenizer resolution: a local folder or a hub id, on a device, in a dtype."""
+
+from __future__ import annotations
+
+import socket
+import urllib.parse
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as transformers_logging
+
+from gencli.errors import GencliError
+
+BUNDLED_TOKENIZER = resources.files("gencli") / "assets" / "gpt2-tokenizer"
+GPT2_VOCAB_SIZE = 50257
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def context_length(self) -> int:
+        return self.model.config.n_positions
+
+    @property
+    def eos_token_id(self) -> int | None:
+        eos = self.model.generation_config.eos_token_id
+        if isinstance(eos, list):
+            eos = eos[0] if eos else None
+        return eos if eos is not None else self.tokenizer.eos_token_id
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GencliError("--device cuda: no CUDA GPU is available here; use --device cpu or --device auto")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise GencliError("--device mps: Apple MPS is not available here; use --device cpu or --device auto")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto` is float32 on CPU (fastest and exact there) and a 16-bit type on accelerators."""
+    if name != "auto":
+        return _DTYPES[name]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def _hub_is_reachable(timeout_s: float = 2.0) -> bool:
+    """One short TCP connect instead of the hub client's retries, which take ~20 s to fail offline."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urllib.parse.urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _is_cached(model_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(model_id, "config.json"), str)
+
+
+def _load_tokenizer(source: str, model: PreTrainedModel, local_only: bool) -> PreTrainedTokenizerBase:
+    try:
+        return AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+    except (OSError, ValueError):
+        # A folder with weights but no tokenizer files: GPT-2-sized vocabularies use GPT-2's tokenizer.
+        if model.config.vocab_size == GPT2_VOCAB_SIZE:
+            return AutoTokenizer.from_pretrained(str(BUNDLED_TOKENIZER))
+        raise GencliError(
+            f"model {source!r} has no tokenizer files and a vocabulary of {model.config.vocab_size} tokens; "
+            "save its tokenizer into the model folder (tokenizer.save_pretrained(folder))"
+        ) from None
+
+
+def load_model(name: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """Load `name`, a local folder or a hub id, ready for inference."""
+    # Progress bars and advice meant for library users would clutter a CLI's stderr.
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        source, local_only = str(folder), True
+    elif name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        raise GencliError(f"model folder {name!r} does not exist; check the --model path")
+    elif _is_cached(name):
+        source, local_only = name, not _hub_is_reachable()
+    elif _hub_is_reachable():
+        source, local_only = name, False
+    else:
+        raise GencliError(
+            f"model {name!r} is not in the local Hugging Face cache and the hub is unreachable "
+            "(or HF_HUB_OFFLINE is set); pass a local folder with --model PATH, "
+            "or download it once with network access"
+        )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, local_files_only=local_only)
+    except OSError as error:
+        raise GencliError(
+            f"cannot load model {name!r}: {str(error).splitlines()[0]} "
+            "Check the hub id, or pass a local folder with --model PATH"
+        ) from None
+    if getattr(model.config, "model_type", None) != "gpt2":
+        raise GencliError(f"model {name!r} is a {model.config.model_type!r} model; gencli runs GPT-2 models")
+    model.to(torch_device).eval()
+    tokenizer = _load_tokenizer(source, model, local_only)
+    return LoadedModel(name=name, model=model, tokenizer=tokenizer)
