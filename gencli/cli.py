@@ -12,10 +12,18 @@ from typing import Annotated, Any
 import typer
 import typer.core
 
-from gencli.config import Device, Dtype, Mode, check_prompt, resolve_settings
+from gencli.config import Device, Dtype, Mode, Settings, check_prompt, resolve_settings
 from gencli.errors import GencliError
 
 EXIT_INTERRUPTED = 130
+_DEFAULTS = Settings().as_flat_dict()
+
+
+def _with_default(text: str, key: str) -> str:
+    """Help text that shows the built-in default; flags default to None so a config file can win."""
+    value = _DEFAULTS[key]
+    shown = {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+    return f"{text}  [default: {shown}]"
 
 
 def _error(message: str) -> None:
@@ -83,71 +91,91 @@ def _root(
 @app.command()
 def generate(
     prompt: Annotated[
-        str | None, typer.Argument(
-            help="Text to continue. Omit it or pass '-' to read stdin.", metavar="[PROMPT]", show_default=False
-        )
+        str | None,
+        typer.Argument(
+            help="Text to continue. Omit it or pass '-' to read stdin.",
+            metavar="[PROMPT]",
+            show_default=False,
+        ),
     ] = None,
     mode: Annotated[
         Mode | None,
         typer.Option(
             "--mode",
             "-m",
-            help="generate: Hugging Face model.generate. greedy: hand-written loop that re-runs the whole "
-            "sequence every step (no cache). kv-cache: hand-written loop that feeds one token plus the "
-            "cache.  [default: generate]",
+            help=_with_default(
+                "generate: Hugging Face model.generate. greedy: hand-written loop that re-runs the whole "
+                "sequence every step (no cache). kv-cache: hand-written loop that feeds one token plus "
+                "the cache.",
+                "mode",
+            ),
             show_default=False,
         ),
     ] = None,
     max_new_tokens: Annotated[
         int | None,
-        typer.Option("--max-new-tokens", "-n", help="Most tokens to generate.  [default: 64]", show_default=False),
+        typer.Option(
+            "--max-new-tokens",
+            "-n",
+            help=_with_default("Most tokens to generate.", "max_new_tokens"),
+            show_default=False,
+        ),
     ] = None,
     sample: Annotated[
         bool | None,
         typer.Option(
             "--sample/--no-sample",
-            help="Sample from the distribution instead of taking the most likely token.  [default: no-sample]",
+            help=_with_default("Sample instead of taking the most likely token.", "sample"),
             show_default=False,
         ),
     ] = None,
     temperature: Annotated[
         float | None,
         typer.Option(
-            "--temperature", "-t", help="Sampling temperature; 0 means greedy.  [default: 1.0]", show_default=False
+            "--temperature",
+            "-t",
+            help=_with_default("Sampling temperature; 0 means greedy.", "temperature"),
+            show_default=False,
         ),
     ] = None,
     top_k: Annotated[
         int | None,
-        typer.Option("--top-k", help="Sample among the k most likely tokens; 0 is off.  [default: 0]",
-                     show_default=False),
+        typer.Option(
+            help=_with_default("Sample among the k most likely tokens; 0 is off.", "top_k"),
+            show_default=False,
+        ),
     ] = None,
     top_p: Annotated[
         float | None,
         typer.Option(
-            "--top-p",
-            help="Sample among the most likely tokens whose probabilities sum to p, in (0, 1]; 1 is off.  "
-            "[default: 1.0]",
+            help=_with_default(
+                "Sample among the most likely tokens whose probabilities sum to p, in (0, 1]; 1 is off.",
+                "top_p",
+            ),
             show_default=False,
         ),
     ] = None,
     repetition_penalty: Annotated[
         float | None,
         typer.Option(
-            "--repetition-penalty",
-            help="Divide the logits of tokens already in the text by this (> 0); 1 is off. Applies "
-            "with and without sampling.  [default: 1.0]",
+            help=_with_default(
+                "Divide the logits of tokens already in the text by this (> 0); 1 is off. "
+                "Applies with and without sampling.",
+                "repetition_penalty",
+            ),
             show_default=False,
         ),
     ] = None,
     seed: Annotated[
         int | None,
-        typer.Option("--seed", help="Random seed; the same seed gives the same tokens in every mode.",
-                     show_default=False),
+        typer.Option(
+            help="Random seed; the same seed gives the same tokens in every mode.",
+            show_default=False,
+        ),
     ] = None,
     stop: Annotated[
         list[str] | None,
         typer.Option(
-            "--stop",
             metavar="TEXT",
             help="Stop once the text ends with this string; it is kept in the output. Repeatable.",
             show_default=False,
@@ -156,17 +184,17 @@ def generate(
     model: Annotated[
         str | None,
         typer.Option(
-            "--model", help="Hugging Face hub id or local model folder.  [default: gpt2]", show_default=False
+            help=_with_default("Hugging Face hub id or local model folder.", "model"), show_default=False
         ),
     ] = None,
     device: Annotated[
         Device | None,
-        typer.Option(help="Where to run.  [default: auto]", show_default=False),
+        typer.Option(help=_with_default("Where to run.", "device"), show_default=False),
     ] = None,
     dtype: Annotated[
         Dtype | None,
         typer.Option(
-            help="Weight dtype; auto is float32 on CPU, 16-bit on a GPU.  [default: auto]",
+            help=_with_default("Weight dtype; auto is float32 on CPU, 16-bit on a GPU.", "dtype"),
             show_default=False,
         ),
     ] = None,
@@ -190,7 +218,9 @@ def generate(
     ] = False,
     inspect_cache_steps: Annotated[
         bool,
-        typer.Option("--inspect-cache-steps", help="Like --inspect-cache, plus the cache size at every step."),
+        typer.Option(
+            "--inspect-cache-steps", help="Like --inspect-cache, plus the cache size at every step."
+        ),
     ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object on stdout instead of streaming text.")

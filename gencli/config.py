@@ -85,10 +85,9 @@ def _check_type(key: str, value: Any, where: str) -> Any:
         if isinstance(value, list) and all(isinstance(item, str) for item in value):
             return tuple(value)
         raise GencliError(f"{where}: '{key}' must be a string or a list of strings, got {value!r}")
-    if expected is int and isinstance(value, bool):
-        raise GencliError(f"{where}: '{key}' must be an integer, got {value!r}")
-    if not isinstance(value, expected):
-        raise GencliError(f"{where}: '{key}' must be of type {expected.__name__}, got {value!r}")
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        kind = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[expected]
+        raise GencliError(f"{where}: '{key}' must be {kind}, got {value!r}")
     return value
 
 

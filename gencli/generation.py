@@ -179,9 +179,7 @@ class _PrefillTimer:
 def build_stopping_criteria(
     loaded: LoadedModel, prompt_length: int, options: DecodingOptions
 ) -> StoppingCriteriaList:
-    criteria = StoppingCriteriaList(
-        [MaxLengthCriteria(max_length=prompt_length + options.max_new_tokens)]
-    )
+    criteria = StoppingCriteriaList([MaxLengthCriteria(max_length=prompt_length + options.max_new_tokens)])
     if loaded.eos_token_id is not None:
         criteria.append(EosTokenCriteria(eos_token_id=loaded.eos_token_id))
     if options.stop:
@@ -259,7 +257,12 @@ def generate_text(
     def result(finish_reason: FinishReason | None) -> GenerationResult:
         new_ids = streamer.token_ids
         # After the last token the cache no longer changes: the last step's snapshot is the final one.
-        if snapshots is not None and cache is not None and new_ids and snapshots[-1].new_tokens != len(new_ids):
+        if (
+            snapshots is not None
+            and cache is not None
+            and new_ids
+            and snapshots[-1].new_tokens != len(new_ids)
+        ):
             snapshots.append(snapshot_cache(cache, len(new_ids)))
         if finish_reason is None:
             sequence = torch.tensor([prompt_ids + new_ids])

@@ -94,15 +94,18 @@ def _is_cached(model_id: str) -> bool:
 
 def _load_tokenizer(source: str, model: PreTrainedModel, local_only: bool) -> PreTrainedTokenizerBase:
     try:
-        return AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
     except (OSError, ValueError):
-        # A folder with weights but no tokenizer files: GPT-2-sized vocabularies use GPT-2's tokenizer.
-        if model.config.vocab_size == GPT2_VOCAB_SIZE:
-            return AutoTokenizer.from_pretrained(str(BUNDLED_TOKENIZER))
-        raise GencliError(
-            f"model {source!r} has no tokenizer files and a vocabulary of {model.config.vocab_size} tokens; "
-            "save its tokenizer into the model folder (tokenizer.save_pretrained(folder))"
-        ) from None
+        tokenizer = None
+    # transformers 5.x builds an EMPTY tokenizer, without error, for a folder lacking tokenizer files.
+    if tokenizer is not None and len(tokenizer) > 1:
+        return tokenizer
+    if model.config.vocab_size == GPT2_VOCAB_SIZE:
+        return AutoTokenizer.from_pretrained(str(BUNDLED_TOKENIZER))
+    raise GencliError(
+        f"model {source!r} has no tokenizer files and a vocabulary of {model.config.vocab_size} tokens; "
+        "save its tokenizer into the model folder (tokenizer.save_pretrained(folder))"
+    )
 
 
 def load_model(name: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:

@@ -85,7 +85,11 @@ def cache_table(snapshot: CacheSnapshot, when: str) -> Table:
         table.add_column(column, justify="right" if column in ("layer", "bytes") else "left")
     for layer in snapshot.layers:
         table.add_row(
-            str(layer.layer), _shape(layer.key_shape), _shape(layer.value_shape), layer.dtype, f"{layer.bytes:,}"
+            str(layer.layer),
+            _shape(layer.key_shape),
+            _shape(layer.value_shape),
+            layer.dtype,
+            f"{layer.bytes:,}",
         )
     table.add_section()
     table.add_row("total", "", "", "", f"{snapshot.total_bytes:,}")

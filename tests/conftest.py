@@ -1,0 +1,69 @@
+"""Shared fixtures: a small random GPT-2 saved with the real GPT-2 tokenizer, loaded once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+from gencli.loading import BUNDLED_TOKENIZER, LoadedModel, load_model
+
+TINY_CONFIG = {
+    "n_layer": 2,
+    "n_head": 4,
+    "n_embd": 64,
+    "n_positions": 1024,
+    # Larger than GPT-2's 0.02 so the random model's greedy output varies from token to token
+    # and depends on positions: agreement tests then catch cache and position bugs.
+    "initializer_range": 0.2,
+}
+
+
+def save_tiny_model(folder: Path, with_tokenizer: bool = True, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    GPT2LMHeadModel(GPT2Config(**TINY_CONFIG)).save_pretrained(folder)
+    if with_tokenizer:
+        AutoTokenizer.from_pretrained(str(BUNDLED_TOKENIZER)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_model_dir: Path) -> LoadedModel:
+    return load_model(str(tiny_model_dir), device="cpu")
+
+
+@pytest.fixture
+def eos_as(tiny: LoadedModel) -> Iterator:
+    """Make a given token the model's EOS for one test, so that a random model does stop at EOS."""
+    config = tiny.model.generation_config
+    original = config.eos_token_id
+
+    def set_eos(token_id: int) -> LoadedModel:
+        config.eos_token_id = token_id
+        return tiny
+
+    yield set_eos
+    config.eos_token_id = original
+
+
+@pytest.fixture
+def model_without_tokenizer(tmp_path: Path) -> Path:
+    return save_tiny_model(tmp_path / "no-tokenizer", with_tokenizer=False)
+
+
+@pytest.fixture
+def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty Hugging Face cache, offline, so hub look-ups fail fast and deterministically."""
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    return cache

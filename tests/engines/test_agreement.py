@@ -1,0 +1,84 @@
+"""All modes must produce the same tokens for the same inputs: greedy and seeded sampling."""
+
+import pytest
+
+from gencli.config import MODES, DecodingOptions
+from gencli.generation import generate_text
+
+PROMPTS = [
+    "Hello world! The meaning of life is",
+    "It is a truth universally acknowledged",
+    "1, 2, 3,",
+    "The",
+]
+OPTION_SETS = {
+    "greedy": DecodingOptions(max_new_tokens=24),
+    "greedy+penalty": DecodingOptions(max_new_tokens=24, repetition_penalty=1.3),
+    "sample": DecodingOptions(max_new_tokens=24, sample=True, seed=0),
+    "sample+warpers": DecodingOptions(
+        max_new_tokens=24, sample=True, seed=1, temperature=0.8, top_k=40, top_p=0.9, repetition_penalty=1.2
+    ),
+    "sample+hot": DecodingOptions(max_new_tokens=24, sample=True, seed=2, temperature=1.5),
+}
+
+
+def run_all_modes(loaded, prompt, options):
+    return {mode: generate_text(loaded, prompt, mode, options) for mode in MODES}
+
+
+def assert_all_equal(results):
+    reference = results["generate"]
+    for mode, result in results.items():
+        assert result.token_ids == reference.token_ids, f"{mode} diverges from generate"
+        assert result.finish_reason == reference.finish_reason
+        assert result.text == reference.text
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+@pytest.mark.parametrize("name", list(OPTION_SETS))
+def test_modes_agree(tiny, prompt, name):
+    results = run_all_modes(tiny, prompt, OPTION_SETS[name])
+    assert_all_equal(results)
+    assert len(results["generate"].token_ids) == 24
+    assert results["generate"].finish_reason == "length"
+
+
+def test_different_seeds_give_different_samples(tiny):
+    first = generate_text(tiny, "The", "kv-cache", DecodingOptions(max_new_tokens=8, sample=True, seed=1))
+    second = generate_text(tiny, "The", "kv-cache", DecodingOptions(max_new_tokens=8, sample=True, seed=2))
+    assert first.token_ids != second.token_ids
+
+
+def first_new_token_index(token_ids, start):
+    """Index of the first token from `start` on that did not occur before it."""
+    return next(i for i in range(start, len(token_ids)) if token_ids[i] not in token_ids[:i])
+
+
+@pytest.mark.parametrize("name", ["greedy", "sample+warpers"])
+def test_modes_agree_when_stopping_at_eos(tiny, eos_as, name):
+    options = OPTION_SETS[name]
+    free_run = generate_text(tiny, PROMPTS[0], "generate", options).token_ids
+    index = first_new_token_index(free_run, 5)
+    loaded = eos_as(free_run[index])
+
+    results = run_all_modes(loaded, PROMPTS[0], options)
+    assert_all_equal(results)
+    assert results["generate"].finish_reason == "eos"
+    assert results["generate"].token_ids == free_run[: index + 1]
+
+
+@pytest.mark.parametrize("name", ["greedy", "sample"])
+def test_modes_agree_when_stopping_at_a_stop_string(tiny, name):
+    free_run = generate_text(tiny, PROMPTS[1], "generate", OPTION_SETS[name])
+    index = first_new_token_index(free_run.token_ids, 6)
+    stop = tiny.tokenizer.decode([free_run.token_ids[index]]).strip()
+    assert stop, "picked a whitespace-only token"
+    options = DecodingOptions(**{**vars(OPTION_SETS[name]), "stop": (stop,)})
+
+    results = run_all_modes(tiny, PROMPTS[1], options)
+    assert_all_equal(results)
+    result = results["generate"]
+    assert result.finish_reason == "stop"
+    assert stop in result.text
+    assert result.token_ids == free_run.token_ids[: len(result.token_ids)]
+    assert len(result.token_ids) <= index + 1

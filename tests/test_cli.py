@@ -1,0 +1,228 @@
+"""Drive the real `gencli` command: exit codes, stdout/stderr contents, one-line errors."""
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from gencli import generation
+from gencli.cli import app
+
+runner = CliRunner()
+JSON_KEYS = {"mode", "model", "prompt", "prompt_token_ids", "token_ids", "text", "finish_reason", "timings"}
+
+
+def gencli(*args, input=None):
+    return runner.invoke(app, ["generate", *map(str, args)], input=input)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gencli: error: "), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert result.stdout == ""
+
+
+def test_streams_text_to_stdout_and_timings_to_stderr(tiny_model_dir):
+    result = gencli("Hello world", "--model", tiny_model_dir, "-n", 8)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.endswith("\n") and len(result.stdout) > 8
+    assert "2 prompt tokens · 8 new tokens (length)" in result.stderr
+    assert "tokens/s" in result.stderr and "first token" in result.stderr
+    assert "\x1b[" not in result.stdout + result.stderr  # no escape codes off a terminal
+
+
+def test_quiet_hides_timings(tiny_model_dir):
+    result = gencli("Hello world", "--model", tiny_model_dir, "-n", 3, "--quiet")
+    assert result.exit_code == 0 and result.stderr == ""
+
+
+def test_json_output(tiny_model_dir):
+    result = gencli("Hello world", "--model", tiny_model_dir, "-n", 4, "--json", "-m", "kv-cache")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert set(data) >= JSON_KEYS
+    assert set(data["timings"]) == {"prefill_s", "decode_s", "ttft_s", "tokens_per_s"}
+    assert data["mode"] == "kv-cache" and data["prompt"] == "Hello world"
+    assert data["prompt_token_ids"] == [15496, 995]
+    assert len(data["token_ids"]) == 4 and data["finish_reason"] == "length"
+    assert "cache" not in data
+
+
+def test_json_matches_streamed_text_in_every_mode(tiny_model_dir):
+    texts = set()
+    for mode in ("generate", "greedy", "kv-cache"):
+        streamed = gencli("Hello world", "--model", tiny_model_dir, "-n", 10, "-m", mode, "-q")
+        as_json = json.loads(
+            gencli("Hello world", "--model", tiny_model_dir, "-n", 10, "-m", mode, "--json").stdout
+        )
+        assert streamed.stdout == as_json["text"] + "\n"
+        texts.add(as_json["text"])
+    assert len(texts) == 1
+
+
+def test_json_with_cache(tiny_model_dir):
+    result = gencli("Hello world", "--model", tiny_model_dir, "-n", 3, "--json", "--inspect-cache")
+    data = json.loads(result.stdout)
+    assert [layer["key_shape"] for layer in data["cache"]] == [[1, 4, 4, 16], [1, 4, 4, 16]]
+    assert {"layer", "key_shape", "value_shape", "dtype", "bytes"} == set(data["cache"][0])
+    assert [s["seq_len"] for s in data["cache_snapshots"]] == [2, 4]
+
+
+def test_inspect_cache_table(tiny_model_dir):
+    result = gencli(
+        "Hello world", "--model", tiny_model_dir, "-n", 3, "-m", "kv-cache", "--inspect-cache", "-q"
+    )
+    assert result.exit_code == 0
+    assert "KV cache after prefill: 2 positions" in result.stderr
+    assert "KV cache at the end (3 new tokens): 4 positions" in result.stderr
+    assert "[1, 4, 4, 16]" in result.stderr and "[batch, heads, seq, head_dim]" in result.stderr
+    assert "KV cache" not in result.stdout
+
+
+def test_inspect_cache_steps_table(tiny_model_dir):
+    result = gencli("Hello world", "--model", tiny_model_dir, "-n", 3, "--inspect-cache-steps", "-q")
+    assert "KV cache at every step" in result.stderr
+    for seq_len in (2, 3, 4):
+        assert f"[1, 4, {seq_len}, 16]" in result.stderr
+
+
+def test_greedy_mode_says_there_is_no_cache(tiny_model_dir):
+    result = gencli(
+        "Hello world", "--model", tiny_model_dir, "-n", 3, "-m", "greedy", "--inspect-cache", "-q"
+    )
+    assert result.exit_code == 0
+    assert "greedy mode keeps no KV cache" in result.stderr
+
+
+@pytest.mark.parametrize("prompt_args", [[], ["-"]])
+def test_prompt_from_stdin(tiny_model_dir, prompt_args):
+    result = gencli(*prompt_args, "--model", tiny_model_dir, "-n", 2, "--json", input="Hello world\n")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["prompt_token_ids"] == [15496, 995]
+
+
+def test_config_file_and_flag_precedence(tiny_model_dir, tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('mode = "greedy"\nmax_new_tokens = 7\n')
+    data = json.loads(gencli("Hi", "--model", tiny_model_dir, "-c", config, "--json").stdout)
+    assert data["mode"] == "greedy" and len(data["token_ids"]) == 7
+    data = json.loads(gencli("Hi", "--model", tiny_model_dir, "-c", config, "-n", 2, "--json").stdout)
+    assert len(data["token_ids"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["-n", "0"], ["--max-new-tokens must be at least 1"]),
+        (["-t", "-0.5"], ["--temperature must be 0"]),
+        (["--top-p", "0"], ["--top-p must be in (0, 1]"]),
+        (["--top-p", "1.01"], ["--top-p must be in (0, 1]"]),
+        (["--top-k", "-1"], ["--top-k must be 0 (off) or more"]),
+        (["--repetition-penalty", "0"], ["--repetition-penalty must be greater than 0"]),
+        (["--top-k", "many"], ["Invalid value for '--top-k'", "--help"]),
+        (["--mode", "fast"], ["'fast' is not one of 'generate', 'greedy', 'kv-cache'"]),
+        (["--colour"], ["No such option: --colour"]),
+        (["-n", "1023"], ["exceeds the model's context of 1024 tokens", "--max-new-tokens 1022 or less"]),
+    ],
+)
+def test_bad_options(tiny_model_dir, args, fragments):
+    assert_one_line_error(gencli("Hello world", "--model", tiny_model_dir, *args), *fragments)
+
+
+@pytest.mark.parametrize("stdin", ["", "  \n"])
+def test_empty_prompt(tiny_model_dir, stdin):
+    assert_one_line_error(gencli("--model", tiny_model_dir, input=stdin), "prompt is empty")
+    assert_one_line_error(gencli(stdin, "--model", tiny_model_dir), "prompt is empty")
+
+
+def test_missing_model_folder(tmp_path):
+    assert_one_line_error(gencli("Hi", "--model", tmp_path / "nope" / "model"), "does not exist", "--model")
+
+
+def test_hub_model_not_cached_and_offline(hub_cache):
+    assert_one_line_error(
+        gencli("Hi", "--model", "gpt2"), "'gpt2' is not in the local", "HF_HUB_OFFLINE", "folder"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("colour = 'red'\n", "unknown key(s) 'colour'"),
+        ("top_p = [\n", "not valid TOML"),
+        ("top_k = -2\n", "'top_k'"),
+    ],
+)
+def test_bad_config_file(tiny_model_dir, tmp_path, text, fragment):
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    assert_one_line_error(gencli("Hi", "--model", tiny_model_dir, "--config", config), fragment)
+
+
+def test_unreadable_config_file(tiny_model_dir, tmp_path):
+    assert_one_line_error(gencli("Hi", "--config", tmp_path / "missing.toml"), "does not exist", "--config")
+
+
+def test_interrupted_json_run_reports_partial_result(tiny_model_dir, monkeypatch):
+    original_put = generation._RecordingStreamer.put
+
+    def put_then_interrupt(self, value):
+        original_put(self, value)
+        if len(self.token_ids) == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(generation._RecordingStreamer, "put", put_then_interrupt)
+    result = gencli("Hello world", "--model", tiny_model_dir, "-n", 50, "--json")
+    assert result.exit_code == 130
+    data = json.loads(result.stdout)
+    assert data["finish_reason"] == "interrupted" and len(data["token_ids"]) == 4
+
+
+def run_gencli(*args, **kwargs):
+    return subprocess.Popen(
+        [sys.executable, "-m", "gencli", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("command", [["--help"], ["generate", "--help"]])
+def test_help_imports_neither_torch_nor_transformers(command):
+    code = (
+        "import sys\nfrom gencli.cli import main\n"
+        f"sys.argv = ['gencli', *{command!r}]\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules, 'transformers' in sys.modules, file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "Usage: gencli" in done.stdout
+    assert done.stderr.strip() == "False False"
+
+
+def test_ctrl_c_keeps_output_and_exits_130(tiny_model_dir):
+    process = run_gencli("generate", "Hello", "--model", tiny_model_dir, "-m", "greedy", "-n", 1000)
+    first_bytes = process.stdout.read(8)
+    process.send_signal(signal.SIGINT)
+    rest, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    # the text printed before Ctrl-C stays, held-back text is flushed, and the line is ended
+    assert len(first_bytes) == 8 and (first_bytes + rest).endswith(b"\n")
+    assert b"Traceback" not in stderr
+    assert b"(interrupted)" in stderr
+
+
+def test_closed_pipe_exits_quietly(tiny_model_dir):
+    process = run_gencli("generate", "Hello", "--model", tiny_model_dir, "-m", "greedy", "-n", 1000)
+    assert len(process.stdout.read(20)) == 20
+    process.stdout.close()  # like `| head -c 20`
+    stderr = process.stderr.read()
+    assert process.wait(timeout=60) != 0
+    assert stderr == b"", stderr
