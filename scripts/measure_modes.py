@@ -32,8 +32,10 @@ def main() -> None:
         GPT2LMHeadModel(GPT2Config()).save_pretrained(folder)
         AutoTokenizer.from_pretrained(str(BUNDLED_TOKENIZER)).save_pretrained(folder)
         loaded = load_model(folder, device="cpu", dtype="float32")
-    print(f"GPT-2 124M architecture, random weights; torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"prompt: {len(loaded.tokenizer.encode(PROMPT))} tokens, {args.new_tokens} new tokens, float32, CPU")
+    threads = torch.get_num_threads()
+    prompt_tokens = len(loaded.tokenizer.encode(PROMPT))
+    print(f"GPT-2 124M architecture, random weights; torch {torch.__version__}, {threads} threads")
+    print(f"prompt: {prompt_tokens} tokens, {args.new_tokens} new tokens, float32, CPU")
 
     greedy = DecodingOptions(max_new_tokens=args.new_tokens)
     generate_text(loaded, PROMPT, "kv-cache", DecodingOptions(max_new_tokens=4))  # warm-up
