@@ -26,6 +26,18 @@ def _with_default(text: str, key: str) -> str:
     return f"{text}  [default: {shown}]"
 
 
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        help=_with_default("Hugging Face hub id or local model folder.", "model"), show_default=False
+    ),
+]
+DeviceOption = Annotated[
+    Device | None, typer.Option(help=_with_default("Where to run.", "device"), show_default=False)
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+
+
 def _error(message: str) -> None:
     sys.stderr.write(f"gencli: error: {message}\n")
     sys.stderr.flush()
@@ -106,7 +118,8 @@ def generate(
             help=_with_default(
                 "generate: Hugging Face model.generate. greedy: hand-written loop that re-runs the whole "
                 "sequence every step (no cache). kv-cache: hand-written loop that feeds one token plus "
-                "the cache.",
+                "the cache. scratch: the from-scratch GPT-2 (gencli.scratch) with its own preallocated "
+                "cache.",
                 "mode",
             ),
             show_default=False,
@@ -222,9 +235,7 @@ def generate(
             "--inspect-cache-steps", help="Like --inspect-cache, plus the cache size at every step."
         ),
     ] = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object on stdout instead of streaming text.")
-    ] = False,
+    as_json: JsonOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not print timings on stderr.")] = False,
 ) -> None:
     """Continue PROMPT with GPT-2, streaming the text to stdout and timings to stderr.
@@ -281,6 +292,71 @@ def generate(
         render.print_stats(result, console)
     if exit_code:
         raise typer.Exit(exit_code)
+
+
+@app.command("verify")
+def verify_command(
+    prompts: Annotated[
+        list[str] | None,
+        typer.Argument(help="Prompts to check with; several make the padded batch.", show_default=False),
+    ] = None,
+    model: ModelOption = None,
+    device: DeviceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Prove the from-scratch attention and GPT-2 equal Hugging Face's, layer by layer, in float32.
+
+    (a) one causal sequence; (b) a left-padded batch with its attention mask (padded positions
+    skipped); (c) incremental decoding with a cache; (d) end-to-end logits and 32 greedy tokens.
+    Exits 1 if any check fails.
+    """
+    from gencli import render
+    from gencli.loading import load_model
+    from gencli.scratch.verify import verify
+
+    for prompt in prompts or []:
+        check_prompt(prompt)
+    loaded = load_model(model or _DEFAULTS["model"], device or _DEFAULTS["device"], "float32")
+    report = verify(loaded, prompts)
+    if as_json:
+        render.print_json(report.to_dict())
+    else:
+        render.print_verify_report(report, render.stdout_console())
+    raise typer.Exit(0 if report.passed else 1)
+
+
+@app.command()
+def attention(
+    prompt: Annotated[
+        str | None,
+        typer.Argument(help="Text to look at. Omit it or pass '-' to read stdin.", metavar="[PROMPT]"),
+    ] = None,
+    layer: Annotated[int, typer.Option("--layer", "-l", help="Layer, from 0.")] = 0,
+    head: Annotated[int, typer.Option("--head", "-H", help="Attention head, from 0.")] = 0,
+    png: Annotated[
+        Path | None,
+        typer.Option(help="Also write the heatmap as a PNG image (needs matplotlib).", dir_okay=False),
+    ] = None,
+    model: ModelOption = None,
+    device: DeviceOption = None,
+) -> None:
+    """Draw one head's attention weights as a heatmap: rows are tokens, columns what they attend to.
+
+    The weights come from the from-scratch attention (verified equal to Hugging Face's). Long
+    prompts show their last tokens, as many as fit the terminal; --png draws them all.
+    """
+    text = _read_prompt(prompt)
+    check_prompt(text)
+    from gencli import render
+    from gencli.loading import load_model
+    from gencli.scratch.probe import attention_map
+
+    loaded = load_model(model or _DEFAULTS["model"], device or _DEFAULTS["device"], "float32")
+    amap = attention_map(loaded, text, layer, head)
+    render.print_attention_heatmap(amap, render.stdout_console())
+    if png is not None:
+        render.save_attention_png(amap, str(png))
+        render.stderr_console().print(f"wrote {png}")
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from typing import Any, Literal, get_args
 
 from gencli.errors import GencliError
 
-Mode = Literal["generate", "greedy", "kv-cache"]
+Mode = Literal["generate", "greedy", "kv-cache", "scratch"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 MODES: tuple[str, ...] = get_args(Mode)

@@ -225,7 +225,7 @@ def generate_text(
     prompt_ids = encode_prompt(loaded, prompt, options.max_new_tokens)
     input_ids = torch.tensor([prompt_ids], device=loaded.device)
     stopping = build_stopping_criteria(loaded, len(prompt_ids), options)
-    cache = engine.new_cache(loaded.model)
+    cache = engine.new_cache(loaded.model, len(prompt_ids) + options.max_new_tokens)
 
     # In greedy mode there is no cache: an inspection then reports an empty list.
     snapshots: list[CacheSnapshot] | None = [] if inspect_cache else None

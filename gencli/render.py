@@ -15,13 +15,20 @@ from rich.markup import escape
 from rich.table import Table
 
 from gencli.cache import CacheSnapshot
+from gencli.errors import GencliError
 
 if TYPE_CHECKING:
     from gencli.generation import GenerationResult
+    from gencli.scratch.probe import AttentionMap
+    from gencli.scratch.verify import VerifyReport
 
 
 def stderr_console() -> Console:
     return Console(stderr=True, highlight=False)
+
+
+def stdout_console() -> Console:
+    return Console(highlight=False)
 
 
 class TextWriter:
@@ -125,3 +132,100 @@ def print_cache_report(
     console.print(cache_table(snapshots[0], "after prefill"))
     if len(snapshots) > 1:
         console.print(cache_table(snapshots[-1], f"at the end ({snapshots[-1].new_tokens} new tokens)"))
+
+
+def _verdict(passed: bool) -> str:
+    return "[green]PASS[/green]" if passed else "[bold red]FAIL[/bold red]"
+
+
+def print_verify_report(report: VerifyReport, console: Console) -> None:
+    from gencli.scratch.verify import CASES
+
+    table = Table(title=f"From-scratch attention vs Hugging Face: {report.model}", title_justify="left")
+    for column in ("case", "layer", "max abs error", "mean abs error", "atol", "result"):
+        table.add_column(column, justify="left" if column == "case" else "right")
+    for check in report.checks:
+        table.add_row(
+            f"({check.case}) {CASES[check.case]}",
+            "all" if check.layer is None else str(check.layer),
+            f"{check.max_abs_error:.2e}",
+            f"{check.mean_abs_error:.2e}",
+            f"{check.atol:.0e}",
+            _verdict(check.passed),
+        )
+    console.print(table)
+    agreement = f"{report.greedy_tokens_agreeing}/{report.greedy_tokens_compared}"
+    greedy = _verdict(report.greedy_agrees)
+    console.print(f"(d) greedy tokens, scratch vs generate: {agreement} agree  {greedy}")
+    console.print(f"verification: {_verdict(report.passed)}")
+
+
+_SHADES = "░▒▓█"  # four levels; masked cells (the future) stay blank
+
+
+def _token_label(token: str, width: int) -> str:
+    label = token.replace("\n", "\\n").replace("\t", "\\t").replace(" ", "·")
+    return label if len(label) <= width else label[: width - 1] + "…"
+
+
+def _heat_style(level: float) -> str:
+    """Dark blue (0) to yellow (1)."""
+    low, high = (20, 24, 60), (250, 220, 40)
+    red, green, blue = (round(a + (b - a) * level) for a, b in zip(low, high, strict=True))
+    return f"rgb({red},{green},{blue})"
+
+
+def print_attention_heatmap(amap: AttentionMap, console: Console, label_width: int = 10) -> None:
+    """Rows are queries, columns keys; each cell is two characters, shaded by weight / max weight."""
+    from rich.text import Text
+
+    count = len(amap.tokens)
+    fits = max(4, (console.width - label_width - 7) // 2)
+    first = max(0, count - fits)  # long prompts: the most recent positions matter most
+    positions = range(first, count)
+    labels = {i: _token_label(amap.tokens[i], label_width) for i in positions}
+    peak = float(amap.weights[first:, first:].max()) or 1.0
+
+    title = f"attention, layer {amap.layer}, head {amap.head}: rows attend to columns"
+    shown = "" if first == 0 else f" (last {count - first} of {count} tokens)"
+    console.print(title + shown, soft_wrap=True)
+    for row in range(max(len(label) for label in labels.values())):
+        header = "".join((labels[i][row] if row < len(labels[i]) else " ") + " " for i in positions)
+        console.print(" " * (label_width + 6) + header, highlight=False, markup=False)
+    for i in positions:
+        line = Text(f"{i:>4} {labels[i]:>{label_width}} ")
+        for j in positions:
+            if j > i:
+                line.append("  ")
+                continue
+            level = float(amap.weights[i, j]) / peak
+            line.append(_SHADES[min(3, int(level * 4))] * 2, style=_heat_style(level))
+        console.print(line, soft_wrap=True)
+    console.print(f"shading: {_SHADES[0]} low … {_SHADES[-1]} high, relative to the top weight {peak:.3f}")
+
+
+def save_attention_png(amap: AttentionMap, path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib import pyplot
+    except ImportError:
+        raise GencliError("--png needs matplotlib: pip install 'gencli[plot]'") from None
+    labels = [_token_label(token, 16) for token in amap.tokens]
+    size = max(4.0, 0.35 * len(labels) + 2)
+    figure, axes = pyplot.subplots(figsize=(size, size))
+    image = axes.imshow(amap.weights.numpy(), cmap="viridis", vmin=0.0)
+    axes.set_xticks(range(len(labels)), labels, rotation=90)
+    axes.set_yticks(range(len(labels)), labels)
+    axes.set_xlabel("key (attended to)")
+    axes.set_ylabel("query")
+    axes.set_title(f"layer {amap.layer}, head {amap.head}")
+    figure.colorbar(image, ax=axes, fraction=0.046)
+    figure.tight_layout()
+    try:
+        figure.savefig(path, dpi=120)
+    except OSError as error:
+        raise GencliError(f"cannot write {path}: {error.strerror}; check the --png path") from None
+    finally:
+        pyplot.close(figure)

@@ -4,9 +4,10 @@ from gencli.engines.base import DecodeRequest, Engine, StepEngine
 from gencli.engines.generate import HFGenerateEngine
 from gencli.engines.greedy import NoCacheEngine
 from gencli.engines.kv_cache import KVCacheEngine
+from gencli.engines.scratch import ScratchEngine
 
 ENGINES: dict[str, type[Engine]] = {
-    engine.name: engine for engine in (HFGenerateEngine, NoCacheEngine, KVCacheEngine)
+    engine.name: engine for engine in (HFGenerateEngine, NoCacheEngine, KVCacheEngine, ScratchEngine)
 }
 
 __all__ = ["ENGINES", "DecodeRequest", "Engine", "StepEngine"]

@@ -35,7 +35,8 @@ class Engine(ABC):
     name: ClassVar[str]
     uses_cache: ClassVar[bool]
 
-    def new_cache(self, model: PreTrainedModel) -> Cache | None:
+    def new_cache(self, model: PreTrainedModel, max_length: int) -> Cache | None:
+        """A cache for `max_length` positions (prompt + new tokens), or None for a mode without one."""
         return None
 
     @abstractmethod

@@ -14,7 +14,7 @@ class HFGenerateEngine(Engine):
     name = "generate"
     uses_cache = True
 
-    def new_cache(self, model: PreTrainedModel) -> DynamicCache:
+    def new_cache(self, model: PreTrainedModel, max_length: int) -> DynamicCache:
         # Passing our own cache object lets gencli inspect it while and after `generate` runs.
         return DynamicCache(config=model.config)
 

@@ -17,7 +17,7 @@ class KVCacheEngine(StepEngine):
     name = "kv-cache"
     uses_cache = True
 
-    def new_cache(self, model: PreTrainedModel) -> DynamicCache:
+    def new_cache(self, model: PreTrainedModel, max_length: int) -> DynamicCache:
         return DynamicCache(config=model.config)
 
     def prefill(self, request: DecodeRequest) -> torch.Tensor:

@@ -1,0 +1,141 @@
+"""GPT-2 from scratch: embeddings, blocks of (LayerNorm -> attention -> residual -> LayerNorm -> MLP
+-> residual), a final LayerNorm, and an LM head tied to the token embedding.
+
+Loads the weights of any Hugging Face `GPT2LMHeadModel` and keeps its own preallocated KV cache.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from gencli.scratch.attention import KVCache, MultiHeadSelfAttention
+
+SUPPORTED_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's GELU, with the tanh approximation of the Gaussian CDF."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+
+
+@dataclass(frozen=True)
+class ScratchConfig:
+    vocab_size: int
+    n_positions: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    layer_norm_epsilon: float = 1e-5
+
+
+class MLP(nn.Module):
+    def __init__(self, n_embd: int):
+        super().__init__()
+        self.expand = nn.Linear(n_embd, 4 * n_embd)
+        self.contract = nn.Linear(4 * n_embd, n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.contract(gelu_tanh(self.expand(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ScratchConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attention = MultiHeadSelfAttention(config.n_embd, config.n_head)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = MLP(config.n_embd)
+
+    def forward(
+        self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        attended, _ = self.attention(self.ln_1(x), attention_mask, cache)
+        x = x + attended
+        return x + self.mlp(self.ln_2(x))
+
+
+class ScratchCache:
+    """One preallocated `KVCache` per layer; `layers[i].keys` is [batch, heads, seq, head_dim]."""
+
+    def __init__(self, layers: list[KVCache]):
+        self.layers = layers
+
+    def get_seq_length(self) -> int:
+        return self.layers[0].length
+
+
+class ScratchGPT2(nn.Module):
+    def __init__(self, config: ScratchConfig):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+
+    def new_cache(self, batch: int, max_length: int) -> ScratchCache:
+        weight = self.wte.weight
+        head_dim = self.config.n_embd // self.config.n_head
+        return ScratchCache(
+            [
+                KVCache(batch, self.config.n_head, max_length, head_dim, weight.dtype, weight.device)
+                for _ in range(self.config.n_layer)
+            ]
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        cache: ScratchCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """input_ids: [batch, seq], the new positions only when `cache` holds the earlier ones.
+        attention_mask: [batch, all positions] of 1/0, for left-padded batches.
+        Returns logits [batch, seq, vocab]."""
+        past = cache.get_seq_length() if cache is not None else 0
+        if position_ids is None:
+            position_ids = torch.arange(past, past + input_ids.size(1), device=input_ids.device)[None]
+        x = self.wte(input_ids) + self.wpe(position_ids)
+        for index, block in enumerate(self.blocks):
+            x = block(x, attention_mask, cache.layers[index] if cache is not None else None)
+        # The LM head is the token embedding, transposed (weight tying).
+        return self.ln_f(x) @ self.wte.weight.t()
+
+    @classmethod
+    def from_hf(cls, hf_model: nn.Module) -> ScratchGPT2:
+        """Build from a Hugging Face `GPT2LMHeadModel`, on its device and in its dtype."""
+        hf_config = hf_model.config
+        if hf_config.activation_function not in SUPPORTED_ACTIVATIONS:
+            raise ValueError(f"unsupported activation {hf_config.activation_function!r}")
+        config = ScratchConfig(
+            vocab_size=hf_config.vocab_size,
+            n_positions=hf_config.n_positions,
+            n_embd=hf_config.n_embd,
+            n_layer=hf_config.n_layer,
+            n_head=hf_config.n_head,
+            layer_norm_epsilon=hf_config.layer_norm_epsilon,
+        )
+        transformer = hf_model.transformer
+        if not torch.equal(hf_model.lm_head.weight, transformer.wte.weight):
+            raise ValueError("the model's LM head is not tied to its token embedding, as GPT-2's is")
+        reference = transformer.wte.weight
+        model = cls(config).to(device=reference.device, dtype=reference.dtype)
+        with torch.no_grad():
+            model.wte.weight.copy_(transformer.wte.weight)
+            model.wpe.weight.copy_(transformer.wpe.weight)
+            model.ln_f.load_state_dict(transformer.ln_f.state_dict())
+            for block, hf_block in zip(model.blocks, transformer.h, strict=True):
+                block.ln_1.load_state_dict(hf_block.ln_1.state_dict())
+                block.ln_2.load_state_dict(hf_block.ln_2.state_dict())
+                block.attention = MultiHeadSelfAttention.from_hf(hf_block.attn)
+                # Conv1D weights are [in, out]; nn.Linear wants [out, in].
+                block.mlp.expand.weight.copy_(hf_block.mlp.c_fc.weight.t())
+                block.mlp.expand.bias.copy_(hf_block.mlp.c_fc.bias)
+                block.mlp.contract.weight.copy_(hf_block.mlp.c_proj.weight.t())
+                block.mlp.contract.bias.copy_(hf_block.mlp.c_proj.bias)
+        return model.eval()

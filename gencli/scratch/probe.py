@@ -1,0 +1,49 @@
+"""Look inside a Hugging Face GPT-2 with the from-scratch attention: inputs and weights per layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from gencli.errors import GencliError
+from gencli.loading import LoadedModel
+from gencli.scratch.attention import MultiHeadSelfAttention
+
+
+def attention_inputs(
+    loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> list[torch.Tensor]:
+    """The normalised hidden states each layer's attention receives, from a real HF forward pass."""
+    position_ids = None
+    if attention_mask is not None:
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    output = loaded.model(
+        input_ids, attention_mask=attention_mask, position_ids=position_ids, output_hidden_states=True
+    )
+    blocks = loaded.model.transformer.h
+    return [block.ln_1(hidden) for block, hidden in zip(blocks, output.hidden_states, strict=False)]
+
+
+@dataclass
+class AttentionMap:
+    tokens: list[str]  # one label per position
+    layer: int
+    head: int
+    weights: torch.Tensor  # [queries, keys]; row i sums to 1 over keys 0..i
+
+
+def attention_map(loaded: LoadedModel, prompt: str, layer: int, head: int) -> AttentionMap:
+    config = loaded.model.config
+    if not 0 <= layer < config.n_layer:
+        raise GencliError(f"--layer must be between 0 and {config.n_layer - 1} for this model, got {layer}")
+    if not 0 <= head < config.n_head:
+        raise GencliError(f"--head must be between 0 and {config.n_head - 1} for this model, got {head}")
+    ids = loaded.tokenizer.encode(prompt, add_special_tokens=False)[: loaded.context_length]
+    input_ids = torch.tensor([ids], device=loaded.device)
+    with torch.inference_mode():
+        x = attention_inputs(loaded, input_ids)[layer]
+        attention = MultiHeadSelfAttention.from_hf(loaded.model.transformer.h[layer].attn)
+        _, weights = attention(x)
+    tokens = [loaded.tokenizer.decode([token]) for token in ids]
+    return AttentionMap(tokens, layer, head, weights[0, head].float().cpu())

@@ -1,0 +1,63 @@
+"""`verify` must pass on correct code and fail on the two bugs the seed articles carried."""
+
+import pytest
+import torch
+from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+from gencli.loading import BUNDLED_TOKENIZER, load_model
+from gencli.scratch import MultiHeadSelfAttention
+from gencli.scratch.verify import ATTENTION_ATOL, LOGITS_ATOL, verify
+
+
+class KeysAndValuesFromQueryProjection(MultiHeadSelfAttention):
+    """Bug: keys and values projected with the query weights."""
+
+    def project(self, x):
+        query = self.split_heads(self.query(x))
+        return query, query, query
+
+
+class SoftmaxBeforeScaling(MultiHeadSelfAttention):
+    """Bug: softmax(QKᵀ) · (1/√d_k) instead of softmax(QKᵀ/√d_k)."""
+
+    def attend(self, query, key, value, mask):
+        scores = (query @ key.transpose(-2, -1)).masked_fill(~mask, torch.finfo(query.dtype).min)
+        weights = torch.softmax(scores, dim=-1) * self.scale
+        return weights @ value, weights
+
+
+def assert_passes_with_tolerances(report, layers):
+    assert report.passed
+    by_case = {case: [c for c in report.checks if c.case == case] for case in "abcd"}
+    for case in "abc":
+        assert [c.layer for c in by_case[case]] == list(range(layers))
+        assert all(c.max_abs_error <= ATTENTION_ATOL and c.atol == ATTENTION_ATOL for c in by_case[case])
+    assert by_case["d"][0].max_abs_error <= LOGITS_ATOL
+    assert report.greedy_tokens_agreeing == report.greedy_tokens_compared == 32
+
+
+def test_verify_passes_on_the_tiny_model(tiny):
+    assert_passes_with_tolerances(verify(tiny), layers=2)
+
+
+def test_verify_passes_on_gpt2_124m_shapes(tmp_path):
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_layer=1)).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(str(BUNDLED_TOKENIZER)).save_pretrained(tmp_path)
+    assert_passes_with_tolerances(verify(load_model(str(tmp_path), device="cpu")), layers=1)
+
+
+@pytest.mark.parametrize("buggy", [KeysAndValuesFromQueryProjection, SoftmaxBeforeScaling])
+def test_verify_catches_known_bugs(tiny, buggy):
+    def build(hf_attention):
+        correct = MultiHeadSelfAttention.from_hf(hf_attention)
+        bug = buggy(64, 4, scale=correct.scale).eval()
+        bug.load_state_dict(correct.state_dict())
+        return bug
+
+    report = verify(tiny, attention=build)
+    assert not report.passed
+    for case in "abc":
+        failures = [c for c in report.checks if c.case == case and not c.passed]
+        assert len(failures) == 2, f"case ({case}) should fail on every layer"
+        assert all(c.max_abs_error > 100 * ATTENTION_ATOL for c in failures)

@@ -1,0 +1,88 @@
+"""`gencli verify` and `gencli attention` through the CLI runner."""
+
+import builtins
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from gencli.cli import app
+
+runner = CliRunner()
+
+
+def test_verify_passes_and_prints_a_table(tiny_model_dir):
+    result = runner.invoke(app, ["verify", "--model", str(tiny_model_dir)])
+    assert result.exit_code == 0, result.output
+    for case in ("(a) causal", "(b) padded batch", "(c) incremental", "(d) logits"):
+        assert case in result.stdout
+    assert "32/32 agree" in result.stdout and "FAIL" not in result.stdout
+
+
+def test_verify_json(tiny_model_dir):
+    result = runner.invoke(
+        app, ["verify", "Call me Ishmael.", "The whale", "--model", str(tiny_model_dir), "--json"]
+    )
+    data = json.loads(result.stdout)
+    assert data["passed"] is True and data["prompts"] == ["Call me Ishmael.", "The whale"]
+    assert {check["case"] for check in data["checks"]} == {"a", "b", "c", "d"}
+    assert data["greedy"] == {"tokens_compared": 32, "tokens_agreeing": 32, "passed": True}
+
+
+def test_verify_exits_1_when_a_check_fails(tiny_model_dir, monkeypatch):
+    monkeypatch.setattr("gencli.scratch.verify.ATTENTION_ATOL", 0.0)
+    result = runner.invoke(app, ["verify", "--model", str(tiny_model_dir)])
+    assert result.exit_code == 1
+    assert "FAIL" in result.stdout
+
+
+def test_attention_heatmap(tiny_model_dir):
+    result = runner.invoke(
+        app, ["attention", "It is a truth", "--model", str(tiny_model_dir), "-l", "1", "-H", "3"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "attention, layer 1, head 3" in result.stdout
+    rows = [line for line in result.stdout.splitlines() if line.lstrip()[:1].isdigit()]
+    assert [row.split()[1] for row in rows] == ["It", "·is", "·a", "·truth"]
+    # causal: row i has i + 1 shaded cells, two characters each
+    assert [sum(ch in "░▒▓█" for ch in row) for row in rows] == [2, 4, 6, 8]
+
+
+def test_attention_truncates_long_prompts_to_the_terminal(tiny_model_dir):
+    prompt = " ".join(["word"] * 200)
+    result = runner.invoke(app, ["attention", prompt, "--model", str(tiny_model_dir)])
+    assert "(last" in result.stdout and "of 200 tokens)" in result.stdout
+    assert max(map(len, result.stdout.splitlines())) <= 80
+
+
+@pytest.mark.parametrize(
+    ("args", "message"), [(["-l", "2"], "--layer must be between 0 and 1"), (["-H", "4"], "--head")]
+)
+def test_attention_bad_layer_or_head(tiny_model_dir, args, message):
+    result = runner.invoke(app, ["attention", "Hi there", "--model", str(tiny_model_dir), *args])
+    assert result.exit_code == 2 and message in result.stderr
+
+
+def test_attention_png(tiny_model_dir, tmp_path):
+    path = tmp_path / "map.png"
+    result = runner.invoke(
+        app, ["attention", "Hello world", "--model", str(tiny_model_dir), "--png", str(path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_attention_png_without_matplotlib(tiny_model_dir, tmp_path, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    result = runner.invoke(
+        app, ["attention", "Hi", "--model", str(tiny_model_dir), "--png", str(tmp_path / "x.png")]
+    )
+    assert result.exit_code == 2
+    assert "pip install 'gencli[plot]'" in result.stderr
