@@ -6,16 +6,23 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import torch
     from transformers.cache_utils import Cache
+
+    from gencli.scratch.model import ScratchCache
 
 
 @dataclass(frozen=True)
 class LayerCacheInfo:
+    """`key_shape`/`value_shape` cover the filled positions; `capacity` is how many positions are
+    allocated (more than filled for a preallocated cache), and `bytes` what the layer holds."""
+
     layer: int
     key_shape: tuple[int, ...]
     value_shape: tuple[int, ...]
     dtype: str
     bytes: int
+    capacity: int
 
     def to_dict(self) -> dict[str, Any]:
         info = asdict(self)
@@ -44,23 +51,33 @@ class CacheSnapshot:
         }
 
 
-def describe_cache(cache: Cache) -> tuple[LayerCacheInfo, ...]:
+def _filled(shape: torch.Size, seq_len: int) -> tuple[int, ...]:
+    batch, heads, _, head_dim = shape
+    return (batch, heads, seq_len, head_dim)
+
+
+def describe_cache(cache: Cache | ScratchCache) -> tuple[LayerCacheInfo, ...]:
+    """Per layer, for a growing (`DynamicCache`) or preallocated (`StaticCache`, scratch) cache."""
+    seq_len = int(cache.get_seq_length())
     layers = []
     for index, layer in enumerate(cache.layers):
         keys, values = layer.keys, layer.values
-        if keys is None or values is None:
-            continue
+        if keys is None or values is None or keys.dim() != 4:
+            continue  # a layer not written yet
         layers.append(
             LayerCacheInfo(
                 layer=index,
-                key_shape=tuple(keys.shape),
-                value_shape=tuple(values.shape),
+                key_shape=_filled(keys.shape, seq_len),
+                value_shape=_filled(values.shape, seq_len),
                 dtype=str(keys.dtype).removeprefix("torch."),
                 bytes=keys.nbytes + values.nbytes,
+                capacity=keys.shape[2],
             )
         )
     return tuple(layers)
 
 
-def snapshot_cache(cache: Cache, new_tokens: int) -> CacheSnapshot:
-    return CacheSnapshot(new_tokens=new_tokens, seq_len=cache.get_seq_length(), layers=describe_cache(cache))
+def snapshot_cache(cache: Cache | ScratchCache, new_tokens: int) -> CacheSnapshot:
+    return CacheSnapshot(
+        new_tokens=new_tokens, seq_len=int(cache.get_seq_length()), layers=describe_cache(cache)
+    )

@@ -36,6 +36,131 @@ DeviceOption = Annotated[
     Device | None, typer.Option(help=_with_default("Where to run.", "device"), show_default=False)
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+FallbackOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--fallback/--no-fallback",
+        help=_with_default(
+            "When the hub model is neither cached nor reachable, use the bundled demo model "
+            "(with a notice on stderr) instead of failing.",
+            "fallback",
+        ),
+        show_default=False,
+    ),
+]
+
+
+PromptArgument = Annotated[
+    str | None,
+    typer.Argument(
+        help="Text to continue. Omit it or pass '-' to read stdin.", metavar="[PROMPT]", show_default=False
+    ),
+]
+ModeOption = Annotated[
+    Mode | None,
+    typer.Option(
+        "--mode",
+        "-m",
+        help=_with_default(
+            "generate: Hugging Face model.generate. greedy: hand-written loop that re-runs the whole "
+            "sequence every step (no cache). kv-cache: hand-written loop that feeds one token plus "
+            "the cache. scratch: the from-scratch GPT-2 (gencli.scratch) with its own preallocated "
+            "cache.",
+            "mode",
+        ),
+        show_default=False,
+    ),
+]
+MaxNewTokensOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-new-tokens",
+        "-n",
+        help=_with_default("Most tokens to generate.", "max_new_tokens"),
+        show_default=False,
+    ),
+]
+SampleOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--sample/--no-sample",
+        help=_with_default("Sample instead of taking the most likely token.", "sample"),
+        show_default=False,
+    ),
+]
+TemperatureOption = Annotated[
+    float | None,
+    typer.Option(
+        "--temperature",
+        "-t",
+        help=_with_default("Sampling temperature; 0 means greedy.", "temperature"),
+        show_default=False,
+    ),
+]
+TopKOption = Annotated[
+    int | None,
+    typer.Option(
+        help=_with_default("Sample among the k most likely tokens; 0 is off.", "top_k"), show_default=False
+    ),
+]
+TopPOption = Annotated[
+    float | None,
+    typer.Option(
+        help=_with_default(
+            "Sample among the most likely tokens whose probabilities sum to p, in (0, 1]; 1 is off.", "top_p"
+        ),
+        show_default=False,
+    ),
+]
+RepetitionPenaltyOption = Annotated[
+    float | None,
+    typer.Option(
+        help=_with_default(
+            "Divide the logits of tokens already in the text by this (> 0); 1 is off. "
+            "Applies with and without sampling.",
+            "repetition_penalty",
+        ),
+        show_default=False,
+    ),
+]
+SeedOption = Annotated[
+    int | None,
+    typer.Option(help="Random seed; the same seed gives the same tokens in every mode.", show_default=False),
+]
+StopOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        metavar="TEXT",
+        help="Stop once the text ends with this string; it is kept in the output. Repeatable.",
+        show_default=False,
+    ),
+]
+IgnoreEosOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--ignore-eos/--stop-at-eos",
+        help=_with_default("Keep generating past the end-of-text token.", "ignore_eos"),
+        show_default=False,
+    ),
+]
+DtypeOption = Annotated[
+    Dtype | None,
+    typer.Option(
+        help=_with_default("Weight dtype; auto is float32 on CPU, 16-bit on a GPU.", "dtype"),
+        show_default=False,
+    ),
+]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="TOML file of defaults (see configs/). Flags override it.",
+        show_default=False,
+        dir_okay=False,
+    ),
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Do not print timings on stderr.")]
 
 
 def _error(message: str) -> None:
@@ -73,6 +198,25 @@ app = typer.Typer(
 )
 
 
+def _load(model: str | None, device: str | None, dtype: str, fallback: bool | None) -> Any:
+    """Load a model (options left unset take the built-in defaults); tell when the demo stands in."""
+    from gencli.loading import load_model
+
+    loaded = load_model(
+        model or _DEFAULTS["model"],
+        device or _DEFAULTS["device"],
+        dtype,
+        _DEFAULTS["fallback"] if fallback is None else fallback,
+    )
+    if loaded.fallback_reason:
+        _notice(loaded.fallback_reason)
+    return loaded
+
+
+def _notice(message: str) -> None:
+    sys.stderr.write(f"gencli: {message}\n")
+
+
 def _read_prompt(prompt: str | None) -> str:
     if prompt is not None and prompt != "-":
         return prompt
@@ -100,127 +244,28 @@ def _root(
     """Generate text with GPT-2 and see how generation works inside."""
 
 
+def _settings(config: Path | None, stop: list[str] | None, **flags: Any) -> Settings:
+    return resolve_settings(config, {**flags, "stop": tuple(stop) if stop else None})
+
+
 @app.command()
 def generate(
-    prompt: Annotated[
-        str | None,
-        typer.Argument(
-            help="Text to continue. Omit it or pass '-' to read stdin.",
-            metavar="[PROMPT]",
-            show_default=False,
-        ),
-    ] = None,
-    mode: Annotated[
-        Mode | None,
-        typer.Option(
-            "--mode",
-            "-m",
-            help=_with_default(
-                "generate: Hugging Face model.generate. greedy: hand-written loop that re-runs the whole "
-                "sequence every step (no cache). kv-cache: hand-written loop that feeds one token plus "
-                "the cache. scratch: the from-scratch GPT-2 (gencli.scratch) with its own preallocated "
-                "cache.",
-                "mode",
-            ),
-            show_default=False,
-        ),
-    ] = None,
-    max_new_tokens: Annotated[
-        int | None,
-        typer.Option(
-            "--max-new-tokens",
-            "-n",
-            help=_with_default("Most tokens to generate.", "max_new_tokens"),
-            show_default=False,
-        ),
-    ] = None,
-    sample: Annotated[
-        bool | None,
-        typer.Option(
-            "--sample/--no-sample",
-            help=_with_default("Sample instead of taking the most likely token.", "sample"),
-            show_default=False,
-        ),
-    ] = None,
-    temperature: Annotated[
-        float | None,
-        typer.Option(
-            "--temperature",
-            "-t",
-            help=_with_default("Sampling temperature; 0 means greedy.", "temperature"),
-            show_default=False,
-        ),
-    ] = None,
-    top_k: Annotated[
-        int | None,
-        typer.Option(
-            help=_with_default("Sample among the k most likely tokens; 0 is off.", "top_k"),
-            show_default=False,
-        ),
-    ] = None,
-    top_p: Annotated[
-        float | None,
-        typer.Option(
-            help=_with_default(
-                "Sample among the most likely tokens whose probabilities sum to p, in (0, 1]; 1 is off.",
-                "top_p",
-            ),
-            show_default=False,
-        ),
-    ] = None,
-    repetition_penalty: Annotated[
-        float | None,
-        typer.Option(
-            help=_with_default(
-                "Divide the logits of tokens already in the text by this (> 0); 1 is off. "
-                "Applies with and without sampling.",
-                "repetition_penalty",
-            ),
-            show_default=False,
-        ),
-    ] = None,
-    seed: Annotated[
-        int | None,
-        typer.Option(
-            help="Random seed; the same seed gives the same tokens in every mode.",
-            show_default=False,
-        ),
-    ] = None,
-    stop: Annotated[
-        list[str] | None,
-        typer.Option(
-            metavar="TEXT",
-            help="Stop once the text ends with this string; it is kept in the output. Repeatable.",
-            show_default=False,
-        ),
-    ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help=_with_default("Hugging Face hub id or local model folder.", "model"), show_default=False
-        ),
-    ] = None,
-    device: Annotated[
-        Device | None,
-        typer.Option(help=_with_default("Where to run.", "device"), show_default=False),
-    ] = None,
-    dtype: Annotated[
-        Dtype | None,
-        typer.Option(
-            help=_with_default("Weight dtype; auto is float32 on CPU, 16-bit on a GPU.", "dtype"),
-            show_default=False,
-        ),
-    ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            "-c",
-            help="TOML file of defaults (see configs/). Flags override it.",
-            show_default=False,
-            dir_okay=False,
-        ),
-    ] = None,
+    prompt: PromptArgument = None,
+    mode: ModeOption = None,
+    max_new_tokens: MaxNewTokensOption = None,
+    sample: SampleOption = None,
+    temperature: TemperatureOption = None,
+    top_k: TopKOption = None,
+    top_p: TopPOption = None,
+    repetition_penalty: RepetitionPenaltyOption = None,
+    seed: SeedOption = None,
+    stop: StopOption = None,
+    ignore_eos: IgnoreEosOption = None,
+    model: ModelOption = None,
+    fallback: FallbackOption = None,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
+    config: ConfigOption = None,
     inspect_cache: Annotated[
         bool,
         typer.Option(
@@ -235,8 +280,20 @@ def generate(
             "--inspect-cache-steps", help="Like --inspect-cache, plus the cache size at every step."
         ),
     ] = False,
+    prompt_cache: Annotated[
+        Path | None,
+        typer.Option(
+            help="Reuse the model's keys/values for the prompt's longest cached prefix from this file "
+            "(safetensors), and save this prompt's there. Modes: generate, kv-cache, scratch.",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    prompt_cache_ro: Annotated[
+        bool, typer.Option("--prompt-cache-ro", help="Read the --prompt-cache file but never write it.")
+    ] = False,
     as_json: JsonOption = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not print timings on stderr.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Continue PROMPT with GPT-2, streaming the text to stdout and timings to stderr.
 
@@ -244,38 +301,42 @@ def generate(
     the hand-written loops use Hugging Face's logits processors and the same sampling call
     as model.generate. With --sample, a run without --seed picks a random seed (shown in --json).
     """
-    settings = resolve_settings(
+    settings = _settings(
         config,
-        {
-            "model": model,
-            "mode": mode,
-            "device": device,
-            "dtype": dtype,
-            "max_new_tokens": max_new_tokens,
-            "sample": sample,
-            "temperature": temperature,
-            "top_k": top_k,
-            "top_p": top_p,
-            "repetition_penalty": repetition_penalty,
-            "seed": seed,
-            "stop": tuple(stop) if stop else None,
-        },
+        stop,
+        model=model,
+        fallback=fallback,
+        mode=mode,
+        device=device,
+        dtype=dtype,
+        max_new_tokens=max_new_tokens,
+        sample=sample,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+        ignore_eos=ignore_eos,
     )
     text = _read_prompt(prompt)
     check_prompt(text)
 
     from gencli import render
     from gencli.engines import ENGINES
-    from gencli.generation import GenerationInterrupted, generate_text
-    from gencli.loading import load_model
+    from gencli.generation import GenerationInterrupted, PromptCacheFile, generate_text
 
+    if prompt_cache_ro and prompt_cache is None:
+        raise GencliError("--prompt-cache-ro needs --prompt-cache FILE")
+    cache_file = PromptCacheFile(prompt_cache, prompt_cache_ro) if prompt_cache else None
     console = render.stderr_console()
-    loaded = load_model(settings.model, settings.device, settings.dtype)
+    loaded = _load(settings.model, settings.device, settings.dtype, settings.fallback)
     writer = None if as_json else render.TextWriter()
     inspection = "steps" if inspect_cache_steps else "ends" if inspect_cache else None
     exit_code = 0
     try:
-        result = generate_text(loaded, text, settings.mode, settings.decoding, writer, inspection)
+        result = generate_text(
+            loaded, text, settings.mode, settings.decoding, writer, inspection, cache_file, _notice
+        )
     except GenerationInterrupted as interrupted:
         result, exit_code = interrupted.result, EXIT_INTERRUPTED
 
@@ -294,6 +355,274 @@ def generate(
         raise typer.Exit(exit_code)
 
 
+ModesOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--modes", metavar="MODE", help="Modes to run (repeatable).  [default: all]", show_default=False
+    ),
+]
+
+
+def _modes(modes: list[str] | None) -> tuple[str, ...]:
+    from gencli.config import MODES
+
+    for mode in modes or []:
+        if mode not in MODES:
+            raise GencliError(f"--modes: unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    return tuple(dict.fromkeys(modes)) if modes else MODES
+
+
+@app.command()
+def compare(
+    prompt: PromptArgument = None,
+    modes: ModesOption = None,
+    max_new_tokens: MaxNewTokensOption = None,
+    sample: SampleOption = None,
+    temperature: TemperatureOption = None,
+    top_k: TopKOption = None,
+    top_p: TopPOption = None,
+    repetition_penalty: RepetitionPenaltyOption = None,
+    seed: SeedOption = None,
+    stop: StopOption = None,
+    ignore_eos: IgnoreEosOption = None,
+    model: ModelOption = None,
+    fallback: FallbackOption = None,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run every mode on PROMPT with the same options and check they choose the same tokens.
+
+    Shows the completions and time per mode. Where modes disagree, shows the first differing
+    position, the two competing tokens and their logit margin there: a margin near 0 is a
+    near-tie that float rounding can flip, a large one is a bug. Exits 1 when modes disagree.
+    """
+    settings = _settings(
+        config,
+        stop,
+        model=model,
+        fallback=fallback,
+        device=device,
+        dtype=dtype,
+        max_new_tokens=max_new_tokens,
+        sample=sample,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+        ignore_eos=ignore_eos,
+    )
+    text = _read_prompt(prompt)
+    check_prompt(text)
+    from gencli import render
+    from gencli.compare import compare_modes
+
+    chosen = _modes(modes)
+    loaded = _load(settings.model, settings.device, settings.dtype, settings.fallback)
+    comparison = compare_modes(loaded, text, settings.decoding, chosen)
+    if as_json:
+        render.print_json(comparison.to_dict())
+    else:
+        render.print_comparison(comparison, loaded.tokenizer, render.stdout_console())
+    raise typer.Exit(0 if comparison.agree else 1)
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise GencliError(f"--lengths takes comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise GencliError(f"--lengths must be positive integers, got {text!r}")
+    return values
+
+
+@app.command()
+def bench(
+    arch: Annotated[
+        str | None,
+        typer.Option(
+            help="Benchmark this architecture with random weights instead of --model (cost does not "
+            "depend on weight values): gpt2 = GPT-2 124M.",
+            show_default=False,
+        ),
+    ] = None,
+    model: ModelOption = None,
+    fallback: FallbackOption = None,
+    modes: ModesOption = None,
+    lengths: Annotated[
+        str, typer.Option(help="Total lengths (prompt + new tokens) for the sweep, comma-separated.")
+    ] = "64,256,512,1024",
+    prompt_tokens: Annotated[int, typer.Option(help="Prompt length of the headline run.")] = 16,
+    new_tokens: Annotated[int, typer.Option(help="New tokens in the headline run.")] = 128,
+    sweep_new_tokens: Annotated[int, typer.Option(help="New tokens at each sweep length.")] = 16,
+    repeats: Annotated[int, typer.Option(help="Measured runs per cell; medians are reported.")] = 3,
+    warmup: Annotated[int, typer.Option(help="Unmeasured runs before each cell.")] = 1,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write a PNG of decode tokens/s against length per mode (needs matplotlib).", dir_okay=False
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Measure each mode: prefill, time to first token, decode tokens/s, p50/p95 per-token latency,
+    peak memory, and memory bandwidth achieved against this machine's measured read bandwidth.
+
+    A headline run (--prompt-tokens + --new-tokens) and a sweep over --lengths, where the no-cache
+    loop slows down with length and the cached loops do not. Prompts are random token ids and
+    generation ignores EOS, so every run decodes exactly as many tokens as asked.
+    """
+    from gencli import render
+    from gencli.bench import run_bench
+    from gencli.loading import random_model
+
+    chosen = _modes(modes)
+    sweep = _int_list(lengths)
+    if min(sweep) <= sweep_new_tokens:
+        raise GencliError(f"every --lengths value must exceed --sweep-new-tokens ({sweep_new_tokens})")
+    if min(repeats, prompt_tokens, new_tokens, sweep_new_tokens) < 1 or warmup < 0:
+        raise GencliError(
+            "--repeats, --prompt-tokens, --new-tokens and --sweep-new-tokens must be at least 1"
+        )
+    if arch is not None:
+        loaded = random_model(arch, device or _DEFAULTS["device"], dtype or _DEFAULTS["dtype"])
+    else:
+        loaded = _load(model, device, dtype or _DEFAULTS["dtype"], fallback)
+    if max(sweep) > loaded.context_length or prompt_tokens + new_tokens > loaded.context_length:
+        raise GencliError(f"lengths must fit the model's context of {loaded.context_length} tokens")
+    with render.progress(len(chosen) * (len(sweep) + 1), as_json) as advance:
+        report = run_bench(
+            loaded,
+            chosen,
+            sweep,
+            prompt_tokens,
+            new_tokens,
+            sweep_new_tokens,
+            repeats,
+            warmup,
+            on_run=advance,
+        )
+    if as_json:
+        render.print_json(report.to_dict())
+    else:
+        render.print_bench(report, render.stdout_console())
+    if plot is not None:
+        render.save_bench_plot(report, str(plot))
+        render.stderr_console().print(f"wrote {plot}")
+
+
+def _finished_ids(output: Path) -> set[str]:
+    """Ids with a result in `output`; the file is rewritten without the rest (errors are retried,
+    and a last line cut short by an interruption is dropped)."""
+    import json
+
+    kept, ids = [], set()
+    for line in output.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "error" not in record and record.get("id") is not None:
+            kept.append(line)
+            ids.add(str(record["id"]))
+    output.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    return ids
+
+
+@app.command()
+def batch(
+    input_path: Annotated[
+        Path,
+        typer.Argument(
+            metavar="IN.jsonl",
+            help="One JSON object a line: 'prompt', an optional 'id', and optional generation options "
+            "(max_new_tokens, sample, temperature, top_k, top_p, repetition_penalty, seed, stop, "
+            "ignore_eos). '-' reads stdin.",
+            dir_okay=False,
+            allow_dash=True,
+        ),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write results here instead of stdout.", dir_okay=False),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Prompts decoded together, left-padded.")] = 8,
+    resume: Annotated[
+        bool, typer.Option(help="Skip ids that already have a result in --output, and append the rest.")
+    ] = False,
+    max_new_tokens: MaxNewTokensOption = None,
+    sample: SampleOption = None,
+    temperature: TemperatureOption = None,
+    top_k: TopKOption = None,
+    top_p: TopPOption = None,
+    repetition_penalty: RepetitionPenaltyOption = None,
+    seed: SeedOption = None,
+    stop: StopOption = None,
+    ignore_eos: IgnoreEosOption = None,
+    model: ModelOption = None,
+    fallback: FallbackOption = None,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Generate for every prompt of a JSONL file, in batches; write JSONL results in input order.
+
+    Each result: id, text, token_ids, finish_reason. A bad line gets {"id", "line", "error"} and
+    the others go on; the exit status is then 1. Options given here are defaults that each line
+    may override. Greedy results equal generating each prompt alone; sampled batches draw from
+    one random stream, so they differ from single runs with the same seed.
+    """
+    settings = _settings(
+        config,
+        stop,
+        model=model,
+        fallback=fallback,
+        device=device,
+        dtype=dtype,
+        max_new_tokens=max_new_tokens,
+        sample=sample,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+        ignore_eos=ignore_eos,
+    )
+    if batch_size < 1:
+        raise GencliError(f"--batch-size must be at least 1, got {batch_size}")
+    if resume and output is None:
+        raise GencliError("--resume needs --output FILE, the results to resume from")
+    try:
+        lines = (sys.stdin.read() if str(input_path) == "-" else input_path.read_text("utf-8")).splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise GencliError(f"cannot read {input_path}: {error}; check the path") from None
+    skip = _finished_ids(output) if resume and output.exists() else set()
+
+    from gencli import render
+    from gencli.batch import run_batch
+
+    loaded = _load(settings.model, settings.device, settings.dtype, settings.fallback)
+    target = open(output, "a" if resume else "w", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
+    failures = 0
+    try:
+        with render.counter(sum(1 for line in lines if line.strip()), "prompts") as advance:
+            for record in run_batch(loaded, lines, settings.decoding, batch_size, skip, advance):
+                failures += "error" in record
+                target.write(render.json_line(record))
+                target.flush()
+    finally:
+        if output:
+            target.close()
+    if failures:
+        _notice(f"{failures} line(s) failed; their error records say why")
+        raise typer.Exit(1)
+
+
 @app.command("verify")
 def verify_command(
     prompts: Annotated[
@@ -301,6 +630,7 @@ def verify_command(
         typer.Argument(help="Prompts to check with; several make the padded batch.", show_default=False),
     ] = None,
     model: ModelOption = None,
+    fallback: FallbackOption = None,
     device: DeviceOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -311,12 +641,11 @@ def verify_command(
     Exits 1 if any check fails.
     """
     from gencli import render
-    from gencli.loading import load_model
     from gencli.scratch.verify import verify
 
     for prompt in prompts or []:
         check_prompt(prompt)
-    loaded = load_model(model or _DEFAULTS["model"], device or _DEFAULTS["device"], "float32")
+    loaded = _load(model, device, "float32", fallback)
     report = verify(loaded, prompts)
     if as_json:
         render.print_json(report.to_dict())
@@ -338,6 +667,7 @@ def attention(
         typer.Option(help="Also write the heatmap as a PNG image (needs matplotlib).", dir_okay=False),
     ] = None,
     model: ModelOption = None,
+    fallback: FallbackOption = None,
     device: DeviceOption = None,
 ) -> None:
     """Draw one head's attention weights as a heatmap: rows are tokens, columns what they attend to.
@@ -348,15 +678,27 @@ def attention(
     text = _read_prompt(prompt)
     check_prompt(text)
     from gencli import render
-    from gencli.loading import load_model
     from gencli.scratch.probe import attention_map
 
-    loaded = load_model(model or _DEFAULTS["model"], device or _DEFAULTS["device"], "float32")
+    loaded = _load(model, device, "float32", fallback)
     amap = attention_map(loaded, text, layer, head)
     render.print_attention_heatmap(amap, render.stdout_console())
     if png is not None:
         render.save_attention_png(amap, str(png))
         render.stderr_console().print(f"wrote {png}")
+
+
+@app.command()
+def models(as_json: JsonOption = False) -> None:
+    """List the models gencli can run here: the bundled demo model and the local Hugging Face cache."""
+    from gencli import render
+    from gencli.catalog import list_models
+
+    entries = list_models()
+    if as_json:
+        render.print_json([entry.to_dict() for entry in entries])
+    else:
+        render.print_models(entries, render.stdout_console())
 
 
 def main() -> None:

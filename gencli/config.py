@@ -35,6 +35,7 @@ class DecodingOptions:
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
 
     @property
     def samples(self) -> bool:
@@ -48,6 +49,8 @@ class Settings:
     mode: str = "generate"
     device: str = "auto"
     dtype: str = "auto"
+    # Use the bundled demo model when the hub model is neither cached nor reachable.
+    fallback: bool = True
     decoding: DecodingOptions = field(default_factory=DecodingOptions)
 
     def as_flat_dict(self) -> dict[str, Any]:
@@ -63,6 +66,7 @@ _KEY_TYPES: dict[str, type] = {
     "mode": str,
     "device": str,
     "dtype": str,
+    "fallback": bool,
     "max_new_tokens": int,
     "sample": bool,
     "temperature": float,
@@ -71,11 +75,13 @@ _KEY_TYPES: dict[str, type] = {
     "repetition_penalty": float,
     "seed": int,
     "stop": list,
+    "ignore_eos": bool,
 }
 KNOWN_KEYS = tuple(_KEY_TYPES)
 
 
-def _check_type(key: str, value: Any, where: str) -> Any:
+def check_type(key: str, value: Any, where: str) -> Any:
+    """`value` as the type config key `key` takes; GencliError names `where` it came from."""
     expected = _KEY_TYPES[key]
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -107,7 +113,7 @@ def load_config_file(path: Path) -> dict[str, Any]:
             f"config file {path} has unknown key(s) {', '.join(map(repr, unknown))}; "
             f"known keys are: {', '.join(KNOWN_KEYS)}"
         )
-    values = {key: _check_type(key, value, f"config file {path}") for key, value in data.items()}
+    values = {key: check_type(key, value, f"config file {path}") for key, value in data.items()}
     validate(values, lambda key: f"'{key}' in {path}")
     return values
 

@@ -9,6 +9,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -20,6 +21,7 @@ from transformers.generation.stopping_criteria import (
 )
 from transformers.generation.streamers import BaseStreamer, TextStreamer
 
+from gencli import prompt_cache as prompt_cache_files
 from gencli.cache import CacheSnapshot, snapshot_cache
 from gencli.config import DecodingOptions, check_prompt
 from gencli.engines import ENGINES, DecodeRequest
@@ -28,6 +30,14 @@ from gencli.loading import LoadedModel
 
 FinishReason = Literal["eos", "length", "stop", "interrupted"]
 CacheInspection = Literal["ends", "steps"]
+
+
+@dataclass(frozen=True)
+class PromptCacheFile:
+    """`--prompt-cache PATH` (and `--prompt-cache-ro`: read it, never write it)."""
+
+    path: Path
+    read_only: bool = False
 
 
 @dataclass
@@ -76,6 +86,7 @@ class GenerationResult:
     device: str
     dtype: str
     cache_snapshots: list[CacheSnapshot] | None = None
+    prompt_cache_tokens: int = 0  # prompt positions restored from a prompt cache, not prefilled
 
     def to_dict(self) -> dict[str, Any]:
         result: dict[str, Any] = {
@@ -90,6 +101,7 @@ class GenerationResult:
             "seed": self.seed,
             "device": self.device,
             "dtype": self.dtype,
+            "prompt_cache_tokens": self.prompt_cache_tokens,
         }
         if self.cache_snapshots is not None:
             final = self.cache_snapshots[-1] if self.cache_snapshots else None
@@ -167,7 +179,7 @@ class _PrefillTimer:
 
     def _after(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if self.prefill_s is None and self._started is not None:
-            if output.logits.device.type == "cuda":
+            if torch.cuda.is_available():
                 torch.cuda.synchronize()
             self.prefill_s = time.perf_counter() - self._started
 
@@ -187,9 +199,20 @@ def build_stopping_criteria(
     return criteria
 
 
-def encode_prompt(loaded: LoadedModel, prompt: str, max_new_tokens: int) -> list[int]:
-    check_prompt(prompt)
-    prompt_ids = loaded.tokenizer.encode(prompt, add_special_tokens=False)
+def stopping_eos(loaded: LoadedModel, options: DecodingOptions) -> int | None:
+    """The end-of-text token that stops generation, if any."""
+    return None if options.ignore_eos else loaded.eos_token_id
+
+
+def encode_prompt(loaded: LoadedModel, prompt: str | list[int], max_new_tokens: int) -> list[int]:
+    """Token ids of `prompt` (text, or ids as they are), checked to fit the model's context."""
+    if isinstance(prompt, str):
+        check_prompt(prompt)
+        prompt_ids = loaded.tokenizer.encode(prompt, add_special_tokens=False)
+    else:
+        prompt_ids = list(prompt)
+        if not prompt_ids:
+            raise GencliError("the prompt is empty; pass at least one token")
     total = len(prompt_ids) + max_new_tokens
     if total > loaded.context_length:
         room = loaded.context_length - len(prompt_ids)
@@ -201,9 +224,10 @@ def encode_prompt(loaded: LoadedModel, prompt: str, max_new_tokens: int) -> list
     return prompt_ids
 
 
-def _finish_reason(
+def finish_reason(
     sequence: torch.Tensor, new_ids: list[int], eos_token_id: int | None, stopping: StoppingCriteriaList
 ) -> FinishReason:
+    """Why generation of `new_ids` ended; `sequence` is [1, prompt + new] for the stop strings."""
     if new_ids and new_ids[-1] == eos_token_id:
         return "eos"
     stop_strings = [c for c in stopping if isinstance(c, StopStringCriteria)]
@@ -214,18 +238,28 @@ def _finish_reason(
 
 def generate_text(
     loaded: LoadedModel,
-    prompt: str,
+    prompt: str | list[int],
     mode: str,
     options: DecodingOptions,
     on_text: Callable[[str], None] | None = None,
     inspect_cache: CacheInspection | None = None,
+    prompt_cache: PromptCacheFile | None = None,
+    on_notice: Callable[[str], None] | None = None,
 ) -> GenerationResult:
-    """Continue `prompt` with the given mode; stream text to `on_text` as it is produced."""
+    """Continue `prompt` (text or token ids) with the given mode; stream text to `on_text`.
+
+    With `prompt_cache`, reuse and update a prompt cache file; `on_notice` hears why a file
+    was refused."""
     engine = ENGINES[mode]()
     prompt_ids = encode_prompt(loaded, prompt, options.max_new_tokens)
     input_ids = torch.tensor([prompt_ids], device=loaded.device)
     stopping = build_stopping_criteria(loaded, len(prompt_ids), options)
     cache = engine.new_cache(loaded.model, len(prompt_ids) + options.max_new_tokens)
+    restored, save_prompt = 0, False
+    if prompt_cache is not None:
+        if cache is None:
+            raise GencliError(f"--prompt-cache needs a mode with a KV cache; {mode} mode has none")
+        restored, save_prompt = _restore_prompt_cache(loaded, prompt_cache, prompt_ids, cache, on_notice)
 
     # In greedy mode there is no cache: an inspection then reports an empty list.
     snapshots: list[CacheSnapshot] | None = [] if inspect_cache else None
@@ -241,21 +275,23 @@ def generate_text(
         torch.manual_seed(seed)
 
     text_streamer = _TextCallbackStreamer(loaded.tokenizer, on_text) if on_text else None
-    timer = _PrefillTimer(loaded.model)
+    timer = _PrefillTimer(engine.forward_module(loaded.model))
     streamer = _RecordingStreamer(time.perf_counter(), text_streamer, on_new_token)
     request = DecodeRequest(
         model=loaded.model,
         tokenizer=loaded.tokenizer,
         input_ids=input_ids,
         options=options,
-        eos_token_id=loaded.eos_token_id,
+        eos_token_id=stopping_eos(loaded, options),
         stopping=stopping,
         streamer=streamer,
         cache=cache,
     )
 
-    def result(finish_reason: FinishReason | None) -> GenerationResult:
+    def result(reason: FinishReason | None) -> GenerationResult:
         new_ids = streamer.token_ids
+        if save_prompt and new_ids:  # the cache holds the whole prompt once a token is chosen
+            prompt_cache_files.save(prompt_cache.path, loaded, prompt_ids, cache)
         # After the last token the cache no longer changes: the last step's snapshot is the final one.
         if (
             snapshots is not None
@@ -264,22 +300,23 @@ def generate_text(
             and snapshots[-1].new_tokens != len(new_ids)
         ):
             snapshots.append(snapshot_cache(cache, len(new_ids)))
-        if finish_reason is None:
+        if reason is None:
             sequence = torch.tensor([prompt_ids + new_ids])
-            finish_reason = _finish_reason(sequence, new_ids, loaded.eos_token_id, stopping)
+            reason = finish_reason(sequence, new_ids, stopping_eos(loaded, options), stopping)
         return GenerationResult(
             mode=mode,
             model=loaded.name,
-            prompt=prompt,
+            prompt=prompt if isinstance(prompt, str) else loaded.tokenizer.decode(prompt_ids),
             prompt_token_ids=prompt_ids,
             token_ids=list(new_ids),
             text=loaded.tokenizer.decode(new_ids, skip_special_tokens=True),
-            finish_reason=finish_reason,
+            finish_reason=reason,
             timings=Timings(prefill_s=timer.prefill_s, token_times_s=streamer.token_times_s),
             seed=seed,
             device=str(loaded.device),
             dtype=str(loaded.dtype).removeprefix("torch."),
             cache_snapshots=snapshots,
+            prompt_cache_tokens=restored,
         )
 
     try:
@@ -290,3 +327,26 @@ def generate_text(
     finally:
         timer.remove()
     return result(None)
+
+
+def _restore_prompt_cache(
+    loaded: LoadedModel,
+    request: PromptCacheFile,
+    prompt_ids: list[int],
+    cache: Any,
+    on_notice: Callable[[str], None] | None,
+) -> tuple[int, bool]:
+    """Fill `cache` from the file where it fits this prompt: (positions restored, whether to
+    write the file after this run)."""
+    if not request.path.exists():
+        return 0, not request.read_only
+    try:
+        stored = prompt_cache_files.load(request.path, loaded)
+        length = prompt_cache_files.reusable_length(stored, prompt_ids)
+    except prompt_cache_files.PromptCacheRefused as refusal:
+        if on_notice:
+            action = "left as it is (--prompt-cache-ro)" if request.read_only else "it will be rewritten"
+            on_notice(f"prompt cache {request.path} {refusal}: not used, {action}")
+        return 0, not request.read_only
+    prompt_cache_files.restore(stored, length, cache)
+    return length, not request.read_only and stored.token_ids != prompt_ids

@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as transformers_logging
 
+from gencli.catalog import DEMO_MODEL, bundled_model_dir
 from gencli.errors import GencliError
 
 BUNDLED_TOKENIZER = resources.files("gencli") / "assets" / "gpt2-tokenizer"
@@ -25,6 +26,8 @@ class LoadedModel:
     name: str
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
+    # Why the bundled demo model stands in for the one asked for, when it does.
+    fallback_reason: str | None = None
 
     @property
     def device(self) -> torch.device:
@@ -108,28 +111,54 @@ def _load_tokenizer(source: str, model: PreTrainedModel, local_only: bool) -> Pr
     )
 
 
-def load_model(name: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """Load `name`, a local folder or a hub id, ready for inference."""
+class ModelUnavailable(GencliError):
+    """A hub model that is neither cached nor reachable: the case the demo model can stand in for."""
+
+
+def _resolve_source(name: str) -> tuple[str, bool]:
+    """(what to pass to from_pretrained, whether to stay off the network)."""
+    if name == DEMO_MODEL:
+        if not (bundled_model_dir() / "config.json").exists():
+            raise GencliError("the bundled demo model is missing from this installation; reinstall gencli")
+        return str(bundled_model_dir()), True
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        return str(folder), True
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        raise GencliError(f"model folder {name!r} does not exist; check the --model path")
+    if _is_cached(name):
+        return name, not _hub_is_reachable()
+    if _hub_is_reachable():
+        return name, False
+    raise ModelUnavailable(
+        f"model {name!r} is not in the local Hugging Face cache and the hub is unreachable "
+        "(or HF_HUB_OFFLINE is set); pass a local folder with --model PATH, --model demo for the "
+        "bundled model, or download it once with network access"
+    )
+
+
+def load_model(name: str, device: str = "auto", dtype: str = "auto", fallback: bool = False) -> LoadedModel:
+    """Load `name`: `demo`, a local folder, or a hub id, ready for inference.
+
+    With `fallback`, a hub model that cannot be had (not cached, hub unreachable) is replaced by
+    the bundled demo model, and `fallback_reason` says so.
+    """
     # Progress bars and advice meant for library users would clutter a CLI's stderr.
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
+    try:
+        source, local_only = _resolve_source(name)
+    except ModelUnavailable:
+        if not fallback:
+            raise
+        loaded = load_model(DEMO_MODEL, device, dtype)
+        loaded.fallback_reason = (
+            f"{name} is not cached and the hub is unreachable: using the bundled demo model "
+            "(--no-fallback makes this an error)"
+        )
+        return loaded
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    folder = Path(name).expanduser()
-    if folder.is_dir():
-        source, local_only = str(folder), True
-    elif name.startswith(("/", ".", "~")) or name.count("/") > 1:
-        raise GencliError(f"model folder {name!r} does not exist; check the --model path")
-    elif _is_cached(name):
-        source, local_only = name, not _hub_is_reachable()
-    elif _hub_is_reachable():
-        source, local_only = name, False
-    else:
-        raise GencliError(
-            f"model {name!r} is not in the local Hugging Face cache and the hub is unreachable "
-            "(or HF_HUB_OFFLINE is set); pass a local folder with --model PATH, "
-            "or download it once with network access"
-        )
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, local_files_only=local_only)
     except OSError as error:
@@ -142,3 +171,23 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto") -> LoadedMo
     model.to(torch_device).eval()
     tokenizer = _load_tokenizer(source, model, local_only)
     return LoadedModel(name=name, model=model, tokenizer=tokenizer)
+
+
+ARCHITECTURES = {"gpt2": "GPT-2 124M: 12 layers, 12 heads, 768 wide, 50,257 tokens, 1,024 positions"}
+
+
+def random_model(
+    architecture: str = "gpt2", device: str = "auto", dtype: str = "auto", seed: int = 0
+) -> LoadedModel:
+    """A model of a real architecture with seeded random weights: it costs what the real one does."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    if architecture not in ARCHITECTURES:
+        raise GencliError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
+    torch_device = resolve_device(device)
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(GPT2Config()).to(device=torch_device, dtype=resolve_dtype(dtype, torch_device))
+    tokenizer = AutoTokenizer.from_pretrained(str(BUNDLED_TOKENIZER))
+    return LoadedModel(
+        name=f"{architecture} architecture, random weights", model=model.eval(), tokenizer=tokenizer
+    )

@@ -6,8 +6,10 @@ pipes receive exactly the model's text. rich drops colour by itself when its str
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -15,9 +17,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from gencli.cache import CacheSnapshot
+from gencli.catalog import ModelEntry
 from gencli.errors import GencliError
 
 if TYPE_CHECKING:
+    from gencli.bench import BenchReport, BenchRow
+    from gencli.compare import Comparison
     from gencli.generation import GenerationResult
     from gencli.scratch.probe import AttentionMap
     from gencli.scratch.verify import VerifyReport
@@ -47,9 +52,32 @@ class TextWriter:
             self("\n")
 
 
-def print_json(data: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
+def json_line(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False) + "\n"
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json_line(data))
     sys.stdout.flush()
+
+
+def print_models(entries: list[ModelEntry], console: Console) -> None:
+    table = Table(title="Models gencli can use here", title_justify="left")
+    for column in ("name", "source", "type", "parameters", "size", "path"):
+        table.add_column(column, justify="right" if column in ("parameters", "size") else "left")
+    for entry in entries:
+        parameters = "-" if entry.parameters is None else f"{entry.parameters / 1e6:.1f}M"
+        table.add_row(
+            entry.name,
+            entry.source,
+            entry.model_type or "-",
+            parameters,
+            _human_bytes(entry.size_bytes),
+            entry.path,
+        )
+    console.print(table)
+    if not any(entry.source == "hub cache" for entry in entries):
+        console.print("No hub models in the local Hugging Face cache.")
 
 
 def _format_seconds(value: float | None) -> str:
@@ -59,8 +87,9 @@ def _format_seconds(value: float | None) -> str:
 def print_stats(result: GenerationResult, console: Console) -> None:
     timings = result.timings
     speed = "-" if timings.tokens_per_s is None else f"{timings.tokens_per_s:.1f} tokens/s"
+    reused = f" ({result.prompt_cache_tokens} from the prompt cache)" if result.prompt_cache_tokens else ""
     console.print(
-        f"[dim]{result.mode} · {len(result.prompt_token_ids)} prompt tokens · "
+        f"[dim]{result.mode} · {len(result.prompt_token_ids)} prompt tokens{reused} · "
         f"{len(result.token_ids)} new tokens ({result.finish_reason}) · "
         f"prefill {_format_seconds(timings.prefill_s)} · first token {_format_seconds(timings.ttft_s)} · "
         f"decode {speed} · {result.device} {result.dtype}[/dim]",
@@ -85,7 +114,7 @@ def cache_table(snapshot: CacheSnapshot, when: str) -> Table:
     table = Table(
         title=f"KV cache {when}: {snapshot.seq_len} positions, {_human_bytes(snapshot.total_bytes)}",
         title_justify="left",
-        caption=escape("shapes are [batch, heads, seq, head_dim]"),
+        caption=escape("shapes are [batch, heads, seq, head_dim]; capacity: positions allocated"),
         caption_justify="left",
     )
     for column in ("layer", "key shape", "value shape", "dtype", "bytes"):
@@ -204,14 +233,29 @@ def print_attention_heatmap(amap: AttentionMap, console: Console, label_width: i
     console.print(f"shading: {_SHADES[0]} low … {_SHADES[-1]} high, relative to the top weight {peak:.3f}")
 
 
-def save_attention_png(amap: AttentionMap, path: str) -> None:
+def _pyplot() -> Any:
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         from matplotlib import pyplot
     except ImportError:
-        raise GencliError("--png needs matplotlib: pip install 'gencli[plot]'") from None
+        raise GencliError("images need matplotlib: pip install 'gencli[plot]'") from None
+    return pyplot
+
+
+def _save(figure: Any, pyplot: Any, path: str, flag: str) -> None:
+    figure.tight_layout()
+    try:
+        figure.savefig(path, dpi=120)
+    except OSError as error:
+        raise GencliError(f"cannot write {path}: {error.strerror}; check the {flag} path") from None
+    finally:
+        pyplot.close(figure)
+
+
+def save_attention_png(amap: AttentionMap, path: str) -> None:
+    pyplot = _pyplot()
     labels = [_token_label(token, 16) for token in amap.tokens]
     size = max(4.0, 0.35 * len(labels) + 2)
     figure, axes = pyplot.subplots(figsize=(size, size))
@@ -222,10 +266,134 @@ def save_attention_png(amap: AttentionMap, path: str) -> None:
     axes.set_ylabel("query")
     axes.set_title(f"layer {amap.layer}, head {amap.head}")
     figure.colorbar(image, ax=axes, fraction=0.046)
-    figure.tight_layout()
-    try:
-        figure.savefig(path, dpi=120)
-    except OSError as error:
-        raise GencliError(f"cannot write {path}: {error.strerror}; check the --png path") from None
-    finally:
-        pyplot.close(figure)
+    _save(figure, pyplot, path, "--png")
+
+
+def print_comparison(comparison: Comparison, tokenizer: Any, console: Console) -> None:
+    table = Table(title="Modes side by side", title_justify="left", show_lines=True)
+    for column in ("mode", "tokens", "finish", "time", "decode tok/s", "completion"):
+        table.add_column(column, justify="right" if column in ("tokens", "time", "decode tok/s") else "left")
+    for mode, result in comparison.results.items():
+        timings = result.timings
+        speed = "-" if timings.tokens_per_s is None else f"{timings.tokens_per_s:.1f}"
+        total = timings.token_times_s[-1] if timings.token_times_s else 0.0
+        table.add_row(
+            mode,
+            str(len(result.token_ids)),
+            result.finish_reason,
+            f"{total:.2f} s",
+            speed,
+            escape(result.text),
+        )
+    console.print(table)
+    divergence = comparison.divergence
+    if divergence is None:
+        count = len(next(iter(comparison.results.values())).token_ids)
+        console.print(f"[green]all {len(comparison.results)} modes agree on all {count} tokens[/green]")
+        return
+
+    def token(token_id: int | None) -> str:
+        return (
+            "(stopped)" if token_id is None else f"{escape(repr(tokenizer.decode([token_id])))} ({token_id})"
+        )
+
+    console.print(
+        f"[bold red]modes disagree[/bold red] at new token {divergence.index}: "
+        f"{divergence.reference_mode} chose {token(divergence.reference_token)}, "
+        f"{divergence.other_mode} chose {token(divergence.other_token)}"
+    )
+    if divergence.logit_margin is not None:
+        verdict = (
+            "a near-tie: float rounding can flip it"
+            if divergence.near_tie
+            else "not a near-tie: look for a bug"
+        )
+        console.print(f"logit margin between them: {divergence.logit_margin:.2e} ({verdict})")
+
+
+@contextlib.contextmanager
+def progress(total: int, quiet: bool) -> Iterator[Callable[[str], None]]:
+    """A progress bar on stderr; yields a callback that names the next step and advances the bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=stderr_console(), transient=True, disable=quiet) as bar:
+        task = bar.add_task("starting", total=total)
+        started = False
+
+        def advance(description: str) -> None:
+            nonlocal started
+            bar.update(task, description=description, advance=1 if started else 0)
+            started = True
+
+        yield advance
+        bar.update(task, advance=1)
+
+
+@contextlib.contextmanager
+def counter(total: int, unit: str) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr counting `unit`s; yields a callback that advances it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn(unit), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=stderr_console(), transient=True) as bar:
+        task = bar.add_task(unit, total=total)
+        yield lambda count: bar.update(task, advance=count)
+
+
+def _bench_table(title: str, report: BenchReport, rows: list[BenchRow]) -> Table:
+    table = Table(
+        title=title, title_justify="left", caption="times in ms, peak memory in MiB", caption_justify="left"
+    )
+    for column in ("mode", "tokens", "prefill", "TTFT", "tok/s", "p50", "p95", "peak", "BW"):
+        table.add_column(column, justify="left" if column == "mode" else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(
+            row.mode,
+            f"{row.prompt_tokens}+{row.new_tokens}",
+            f"{row.prefill_s * 1000:.1f}",
+            f"{row.ttft_s * 1000:.1f}",
+            f"{row.decode_tokens_per_s:.1f}",
+            f"{row.latency_p50_ms:.1f}",
+            f"{row.latency_p95_ms:.1f}",
+            f"{row.peak_memory_bytes / 2**20:.1f}",
+            f"{report.bandwidth_fraction(row):.0%}",
+        )
+    return table
+
+
+def print_bench(report: BenchReport, console: Console) -> None:
+    bandwidth = report.read_bandwidth_bytes_per_s / 1e9
+    console.print(
+        f"{report.model} · {report.device} {report.dtype} · {report.threads} threads · "
+        f"weights {_human_bytes(report.weight_bytes)} · measured read bandwidth {bandwidth:.1f} GB/s",
+        soft_wrap=True,
+    )
+    console.print(_bench_table("Headline run (medians)", report, report.headline))
+    if report.sweep:
+        console.print(_bench_table("By total length (medians)", report, report.sweep))
+    console.print(
+        "tok/s: decode tokens/s; BW: weight bytes x tok/s as a share of the measured read bandwidth; "
+        "peak MiB: memory above the level before the runs",
+        soft_wrap=True,
+    )
+    for name, value in report.ratios().items():
+        console.print(f"{name.replace('_', ' ')}: {value:.2f}" + ("" if "fraction" in name else "x"))
+
+
+def save_bench_plot(report: BenchReport, path: str) -> None:
+    pyplot = _pyplot()
+    figure, axes = pyplot.subplots(figsize=(7, 4.5))
+    for mode in dict.fromkeys(row.mode for row in report.sweep):
+        rows = [row for row in report.sweep if row.mode == mode]
+        axes.plot(
+            [r.total_tokens for r in rows], [r.decode_tokens_per_s for r in rows], marker="o", label=mode
+        )
+    axes.set_xscale("log", base=2)
+    axes.set_yscale("log")
+    axes.set_xlabel("total tokens (prompt + new)")
+    axes.set_ylabel("decode tokens/s")
+    axes.set_title(f"{report.model}, {report.device} {report.dtype}")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend()
+    _save(figure, pyplot, path, "--plot")

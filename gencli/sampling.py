@@ -22,10 +22,17 @@ from transformers import (
 from gencli.config import DecodingOptions
 
 
-def build_logits_processors(options: DecodingOptions) -> LogitsProcessorList:
+def build_logits_processors(
+    options: DecodingOptions, padding_lengths: torch.Tensor | None = None
+) -> LogitsProcessorList:
+    """`padding_lengths` ([batch]): left-padding tokens per row, which the penalty must ignore."""
     processors = LogitsProcessorList()
     if options.repetition_penalty != 1.0:
-        processors.append(RepetitionPenaltyLogitsProcessor(float(options.repetition_penalty)))
+        processors.append(
+            RepetitionPenaltyLogitsProcessor(
+                float(options.repetition_penalty), prompt_ignore_length=padding_lengths
+            )
+        )
     if options.samples:
         if options.temperature != 1.0:
             processors.append(TemperatureLogitsWarper(float(options.temperature)))

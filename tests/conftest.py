@@ -67,3 +67,19 @@ def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     return cache
+
+
+def populate_hub_cache(cache: Path, repo_id: str, model_folder: Path) -> Path:
+    """Lay a model folder out as huggingface_hub caches a download: blobs, refs, snapshots."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    commit = "0" * 40
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    for index, file in enumerate(sorted(model_folder.iterdir())):
+        blob = repo / "blobs" / f"{index:040x}"
+        blob.write_bytes(file.read_bytes())
+        (snapshot / file.name).symlink_to(blob)
+    return snapshot

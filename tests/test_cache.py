@@ -9,7 +9,15 @@ HEADS = TINY_CONFIG["n_head"]
 HEAD_DIM = TINY_CONFIG["n_embd"] // TINY_CONFIG["n_head"]
 
 
-@pytest.mark.parametrize("mode", ["generate", "kv-cache"])
+def layer_bytes(positions, bytes_per_value=4):
+    return 2 * bytes_per_value * HEADS * positions * HEAD_DIM  # keys and values
+
+
+# generate grows a DynamicCache; kv-cache (StaticCache) and scratch preallocate prompt + new tokens
+PREALLOCATED = {"generate": False, "kv-cache": True, "scratch": True}
+
+
+@pytest.mark.parametrize("mode", list(PREALLOCATED))
 def test_cache_shapes_after_prefill_and_at_the_end(tiny, mode):
     result = generate_text(tiny, PROMPT, mode, DecodingOptions(max_new_tokens=5), inspect_cache="ends")
     prefill, final = result.cache_snapshots
@@ -18,15 +26,17 @@ def test_cache_shapes_after_prefill_and_at_the_end(tiny, mode):
     assert (final.new_tokens, final.seq_len) == (5, 12)
     for snapshot in (prefill, final):
         assert [layer.layer for layer in snapshot.layers] == list(range(TINY_CONFIG["n_layer"]))
+        capacity = 8 + 5 if PREALLOCATED[mode] else snapshot.seq_len
         for layer in snapshot.layers:
             shape = (1, HEADS, snapshot.seq_len, HEAD_DIM)
             assert layer.key_shape == layer.value_shape == shape
             assert layer.dtype == "float32"
-            assert layer.bytes == 2 * 4 * HEADS * snapshot.seq_len * HEAD_DIM
+            assert layer.capacity == capacity
+            assert layer.bytes == layer_bytes(capacity)
         assert snapshot.total_bytes == sum(layer.bytes for layer in snapshot.layers)
 
 
-@pytest.mark.parametrize("mode", ["generate", "kv-cache"])
+@pytest.mark.parametrize("mode", list(PREALLOCATED))
 def test_cache_grows_one_position_per_step(tiny, mode):
     result = generate_text(tiny, PROMPT, mode, DecodingOptions(max_new_tokens=6), inspect_cache="steps")
     assert [s.new_tokens for s in result.cache_snapshots] == [1, 2, 3, 4, 5, 6]
@@ -52,7 +62,8 @@ def test_cache_in_json_dict(tiny):
         "key_shape": [1, HEADS, 9, HEAD_DIM],
         "value_shape": [1, HEADS, 9, HEAD_DIM],
         "dtype": "float32",
-        "bytes": 2 * 4 * HEADS * 9 * HEAD_DIM,
+        "bytes": layer_bytes(10),
+        "capacity": 10,
     }
 
 
@@ -65,4 +76,4 @@ def test_bfloat16_cache(tiny_model_dir):
     )
     layer = result.cache_snapshots[-1].layers[0]
     assert layer.dtype == "bfloat16"
-    assert layer.bytes == 2 * 2 * HEADS * 9 * HEAD_DIM
+    assert layer.bytes == layer_bytes(10, bytes_per_value=2)

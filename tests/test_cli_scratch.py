@@ -85,4 +85,4 @@ def test_attention_png_without_matplotlib(tiny_model_dir, tmp_path, monkeypatch)
         app, ["attention", "Hi", "--model", str(tiny_model_dir), "--png", str(tmp_path / "x.png")]
     )
     assert result.exit_code == 2
-    assert "pip install 'gencli[plot]'" in result.stderr
+    assert "need matplotlib: pip install 'gencli[plot]'" in result.stderr

@@ -5,8 +5,9 @@ from gencli.errors import GencliError
 from gencli.generation import GenerationInterrupted, generate_text
 
 
-def test_result_fields_and_timings(tiny):
-    result = generate_text(tiny, "Hello world", "kv-cache", DecodingOptions(max_new_tokens=6))
+@pytest.mark.parametrize("mode", ["generate", "greedy", "kv-cache", "scratch"])
+def test_result_fields_and_timings(tiny, mode):
+    result = generate_text(tiny, "Hello world", mode, DecodingOptions(max_new_tokens=6))
     assert result.prompt_token_ids == [15496, 995]
     assert len(result.token_ids) == 6
     assert result.text == tiny.tokenizer.decode(result.token_ids)

@@ -35,6 +35,10 @@ class Engine(ABC):
     name: ClassVar[str]
     uses_cache: ClassVar[bool]
 
+    def forward_module(self, model: PreTrainedModel) -> torch.nn.Module:
+        """The module whose forward passes this mode runs (its first one is the prefill)."""
+        return model
+
     def new_cache(self, model: PreTrainedModel, max_length: int) -> Cache | None:
         """A cache for `max_length` positions (prompt + new tokens), or None for a mode without one."""
         return None

@@ -27,7 +27,8 @@ class HFGenerateEngine(Engine):
                 streamer=request.streamer,
                 # Ours replace generate's own criteria of the same types, so every mode stops alike.
                 stopping_criteria=request.stopping,
+                # None (with --ignore-eos) overrides the checkpoint's own EOS, so generate goes on too.
                 eos_token_id=request.eos_token_id,
-                pad_token_id=request.eos_token_id,
+                pad_token_id=request.tokenizer.eos_token_id,
                 **generate_kwargs(request.options),
             )

@@ -28,11 +28,15 @@ class ScratchEngine(StepEngine):
     name = "scratch"
     uses_cache = True
 
+    def forward_module(self, model: PreTrainedModel) -> ScratchGPT2:
+        return scratch_model_for(model)
+
     def new_cache(self, model: PreTrainedModel, max_length: int) -> ScratchCache:
         return scratch_model_for(model).new_cache(batch=1, max_length=max_length)
 
     def prefill(self, request: DecodeRequest) -> torch.Tensor:
-        return self._next_logits(request, request.input_ids)
+        # Positions a prompt cache already holds are not run again.
+        return self._next_logits(request, request.input_ids[:, request.cache.get_seq_length() :])
 
     def decode_one_token(self, request: DecodeRequest, sequence: torch.Tensor) -> torch.Tensor:
         return self._next_logits(request, sequence[:, -1:])

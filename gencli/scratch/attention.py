@@ -53,9 +53,11 @@ def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 class KVCache:
-    """A preallocated key/value cache for one attention layer: [batch, heads, max_length, head_dim].
+    """A preallocated key/value cache for one attention layer.
 
-    Appending writes into the buffer in place; nothing is reallocated or concatenated.
+    Like transformers' `StaticLayer`, `keys` and `values` are the whole buffers,
+    [batch, heads, max_length, head_dim], of which the first `length` positions are filled.
+    Appending writes into them in place; nothing is reallocated or concatenated.
     """
 
     def __init__(
@@ -67,26 +69,19 @@ class KVCache:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ):
-        self.key_buffer = torch.zeros(batch, heads, max_length, head_dim, dtype=dtype, device=device)
-        self.value_buffer = torch.zeros_like(self.key_buffer)
+        self.keys = torch.zeros(batch, heads, max_length, head_dim, dtype=dtype, device=device)
+        self.values = torch.zeros_like(self.keys)
         self.length = 0
 
-    @property
-    def keys(self) -> torch.Tensor:
-        return self.key_buffer[:, :, : self.length]
-
-    @property
-    def values(self) -> torch.Tensor:
-        return self.value_buffer[:, :, : self.length]
-
     def append(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new positions; return the keys and values of all positions so far."""
         end = self.length + keys.size(2)
-        if end > self.key_buffer.size(2):
-            raise ValueError(f"KV cache full: {end} positions needed, {self.key_buffer.size(2)} allocated")
-        self.key_buffer[:, :, self.length : end] = keys
-        self.value_buffer[:, :, self.length : end] = values
+        if end > self.keys.size(2):
+            raise ValueError(f"KV cache full: {end} positions needed, {self.keys.size(2)} allocated")
+        self.keys[:, :, self.length : end] = keys
+        self.values[:, :, self.length : end] = values
         self.length = end
-        return self.keys, self.values
+        return self.keys[:, :, :end], self.values[:, :, :end]
 
 
 class MultiHeadSelfAttention(nn.Module):

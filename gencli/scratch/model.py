@@ -59,13 +59,19 @@ class Block(nn.Module):
 
 
 class ScratchCache:
-    """One preallocated `KVCache` per layer; `layers[i].keys` is [batch, heads, seq, head_dim]."""
+    """One preallocated `KVCache` per layer, with the parts of transformers' `Cache` API gencli uses:
+    `layers[i].keys` / `.values` ([batch, heads, max_length, head_dim]), `get_seq_length()`, `update()`."""
 
     def __init__(self, layers: list[KVCache]):
         self.layers = layers
 
     def get_seq_length(self) -> int:
         return self.layers[0].length
+
+    def update(
+        self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.layers[layer_idx].append(keys, values)
 
 
 class ScratchGPT2(nn.Module):

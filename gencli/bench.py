@@ -1,0 +1,230 @@
+"""Measure every mode: prefill, time to first token, decode speed, per-token latency, peak memory.
+
+Two parts: a headline run (a 16-token prompt and 128 new tokens) and a sweep over total lengths,
+where the no-cache loop's per-token cost grows with the length and the cached loops' barely does.
+Decoding one token reads every weight once, so decode speed x weight bytes is the memory bandwidth
+achieved; this command measures the machine's read bandwidth to compare against.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from gencli.config import MODES, DecodingOptions
+from gencli.generation import GenerationResult, generate_text
+from gencli.loading import LoadedModel
+
+LENGTHS = (64, 256, 512, 1024)
+
+
+def measure_read_bandwidth(device: torch.device, megabytes: int = 256, repeats: int = 7) -> float:
+    """Bytes per second this device reads memory at: the median of timed sums over a large buffer."""
+    buffer = torch.ones(megabytes * 2**20 // 4, dtype=torch.float32, device=device)
+    timings = []
+    for _ in range(repeats + 1):
+        _synchronize(device)
+        started = time.perf_counter()
+        buffer.sum()
+        _synchronize(device)
+        timings.append(time.perf_counter() - started)
+    return buffer.nbytes / statistics.median(timings[1:])
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def weight_bytes(loaded: LoadedModel) -> int:
+    return sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+
+
+class PeakMemory:
+    """Peak memory above the level at entry: CUDA's allocator statistics, or sampled RSS on CPU."""
+
+    def __init__(self, device: torch.device, interval_s: float = 0.002):
+        self.device = device
+        self.interval_s = interval_s
+        self.peak_bytes = 0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            self._baseline = torch.cuda.memory_allocated()
+            return self
+        self._baseline = self._peak = _rss_bytes()
+        self._running = True
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while self._running:
+            self._peak = max(self._peak, _rss_bytes())
+            time.sleep(self.interval_s)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            self.peak_bytes = torch.cuda.max_memory_allocated() - self._baseline
+            return
+        self._running = False
+        self._thread.join()
+        self.peak_bytes = max(self._peak, _rss_bytes()) - self._baseline
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """Medians over the repeats of one mode at one total length."""
+
+    mode: str
+    total_tokens: int
+    prompt_tokens: int
+    new_tokens: int
+    prefill_s: float
+    ttft_s: float
+    decode_tokens_per_s: float
+    latency_p50_ms: float
+    latency_p95_ms: float
+    peak_memory_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class BenchReport:
+    model: str
+    device: str
+    dtype: str
+    threads: int
+    weight_bytes: int
+    read_bandwidth_bytes_per_s: float
+    headline: list[BenchRow] = field(default_factory=list)
+    sweep: list[BenchRow] = field(default_factory=list)
+
+    def bandwidth_fraction(self, row: BenchRow) -> float:
+        return self.weight_bytes * row.decode_tokens_per_s / self.read_bandwidth_bytes_per_s
+
+    def row(self, rows: list[BenchRow], mode: str, total_tokens: int | None = None) -> BenchRow | None:
+        return next(
+            (r for r in rows if r.mode == mode and total_tokens in (None, r.total_tokens)),
+            None,
+        )
+
+    def ratios(self) -> dict[str, float]:
+        """The headline ratios, from rows of this one run."""
+        ratios = {}
+        kv, generate = self.row(self.headline, "kv-cache"), self.row(self.headline, "generate")
+        if kv and generate:
+            ratios["kv_cache_vs_generate"] = kv.decode_tokens_per_s / generate.decode_tokens_per_s
+        if kv:
+            ratios["kv_cache_bandwidth_fraction"] = self.bandwidth_fraction(kv)
+        longest = max((r.total_tokens for r in self.sweep), default=None)
+        cached, uncached = self.row(self.sweep, "kv-cache", longest), self.row(self.sweep, "greedy", longest)
+        if cached and uncached:
+            ratios[f"cache_vs_no_cache_at_{longest}"] = (
+                cached.decode_tokens_per_s / uncached.decode_tokens_per_s
+            )
+        return ratios
+
+    def to_dict(self) -> dict[str, Any]:
+        def rows(items: list[BenchRow]) -> list[dict[str, Any]]:
+            return [{**r.to_dict(), "bandwidth_fraction": self.bandwidth_fraction(r)} for r in items]
+
+        return {
+            "model": self.model,
+            "device": self.device,
+            "dtype": self.dtype,
+            "threads": self.threads,
+            "weight_bytes": self.weight_bytes,
+            "read_bandwidth_bytes_per_s": self.read_bandwidth_bytes_per_s,
+            "headline": rows(self.headline),
+            "sweep": rows(self.sweep),
+            "ratios": self.ratios(),
+        }
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def _row(mode: str, runs: list[GenerationResult], peak_bytes: int) -> BenchRow:
+    def median(values: list[float]) -> float:
+        return statistics.median(values)
+
+    gaps = [
+        (later - earlier) * 1000
+        for run in runs
+        for earlier, later in zip(run.timings.token_times_s, run.timings.token_times_s[1:], strict=False)
+    ]
+    first = runs[0]
+    return BenchRow(
+        mode=mode,
+        total_tokens=len(first.prompt_token_ids) + len(first.token_ids),
+        prompt_tokens=len(first.prompt_token_ids),
+        new_tokens=len(first.token_ids),
+        prefill_s=median([r.timings.prefill_s for r in runs]),
+        ttft_s=median([r.timings.ttft_s for r in runs]),
+        decode_tokens_per_s=median([r.timings.tokens_per_s or 0.0 for r in runs]),
+        latency_p50_ms=_percentile(gaps, 0.5) if gaps else 0.0,
+        latency_p95_ms=_percentile(gaps, 0.95) if gaps else 0.0,
+        peak_memory_bytes=peak_bytes,
+    )
+
+
+def bench_prompt(loaded: LoadedModel, length: int, seed: int = 0) -> list[int]:
+    """Random token ids: the cost of a forward pass does not depend on which tokens they are."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, loaded.model.config.vocab_size, (length,), generator=generator).tolist()
+
+
+def run_bench(
+    loaded: LoadedModel,
+    modes: tuple[str, ...] = MODES,
+    lengths: tuple[int, ...] = LENGTHS,
+    prompt_tokens: int = 16,
+    new_tokens: int = 128,
+    sweep_new_tokens: int = 16,
+    repeats: int = 3,
+    warmup: int = 1,
+    on_run: Callable[[str], None] | None = None,
+) -> BenchReport:
+    """Headline: every mode, `prompt_tokens` + `new_tokens`. Sweep: every mode at each total
+    length, decoding the last `sweep_new_tokens` of it."""
+    report = BenchReport(
+        model=loaded.name,
+        device=str(loaded.device),
+        dtype=str(loaded.dtype).removeprefix("torch."),
+        threads=torch.get_num_threads(),
+        weight_bytes=weight_bytes(loaded),
+        read_bandwidth_bytes_per_s=measure_read_bandwidth(loaded.device),
+    )
+    plans = [(report.headline, prompt_tokens, new_tokens)]
+    plans += [(report.sweep, length - sweep_new_tokens, sweep_new_tokens) for length in lengths]
+    for rows, prompt_length, count in plans:
+        prompt = bench_prompt(loaded, prompt_length)
+        options = DecodingOptions(max_new_tokens=count, ignore_eos=True)
+        for mode in modes:
+            if on_run:
+                on_run(f"{mode}: {prompt_length} + {count} tokens")
+            for _ in range(warmup):
+                generate_text(loaded, prompt, mode, options)
+            with PeakMemory(loaded.device) as memory:
+                runs = [generate_text(loaded, prompt, mode, options) for _ in range(repeats)]
+            rows.append(_row(mode, runs, memory.peak_bytes))
+    return report

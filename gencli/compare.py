@@ -1,0 +1,95 @@
+"""Run every mode on the same prompt and options, and say whether, and where, they disagree."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from gencli.config import MODES, DecodingOptions
+from gencli.generation import GenerationResult, generate_text
+from gencli.loading import LoadedModel
+
+# A margin this small between two tokens' logits is within float rounding of a tie.
+NEAR_TIE = 1e-3
+
+
+@dataclass(frozen=True)
+class Divergence:
+    index: int  # position among the new tokens
+    reference_mode: str
+    other_mode: str
+    reference_token: int | None  # None: that mode had already stopped
+    other_token: int | None
+    logit_margin: float | None  # reference token's logit minus the other's, at that step
+
+    @property
+    def near_tie(self) -> bool:
+        return self.logit_margin is not None and abs(self.logit_margin) < NEAR_TIE
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "near_tie": self.near_tie}
+
+
+@dataclass
+class Comparison:
+    results: dict[str, GenerationResult]
+    divergence: Divergence | None
+
+    @property
+    def agree(self) -> bool:
+        return self.divergence is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "agree": self.agree,
+            "divergence": self.divergence.to_dict() if self.divergence else None,
+            "results": {mode: result.to_dict() for mode, result in self.results.items()},
+        }
+
+
+def _first_difference(left: list[int], right: list[int]) -> int | None:
+    for index, (a, b) in enumerate(zip(left, right, strict=False)):
+        if a != b:
+            return index
+    return None if len(left) == len(right) else min(len(left), len(right))
+
+
+def _logit_margin(loaded: LoadedModel, prefix: list[int], token: int, other: int) -> float:
+    with torch.inference_mode():
+        logits = loaded.model(torch.tensor([prefix], device=loaded.device)).logits[0, -1].float()
+    return float(logits[token] - logits[other])
+
+
+def find_divergence(loaded: LoadedModel, results: dict[str, GenerationResult]) -> Divergence | None:
+    """The earliest position where some mode's tokens differ from the first mode's."""
+    reference_mode, *others = results
+    reference = results[reference_mode]
+    earliest: tuple[int, str] | None = None
+    for mode in others:
+        index = _first_difference(reference.token_ids, results[mode].token_ids)
+        if index is not None and (earliest is None or index < earliest[0]):
+            earliest = (index, mode)
+    if earliest is None:
+        return None
+    index, other_mode = earliest
+    ours, theirs = reference.token_ids, results[other_mode].token_ids
+    ours_token = ours[index] if index < len(ours) else None
+    their_token = theirs[index] if index < len(theirs) else None
+    margin = None
+    if ours_token is not None and their_token is not None:
+        margin = _logit_margin(loaded, reference.prompt_token_ids + ours[:index], ours_token, their_token)
+    return Divergence(index, reference_mode, other_mode, ours_token, their_token, margin)
+
+
+def compare_modes(
+    loaded: LoadedModel, prompt: str, options: DecodingOptions, modes: tuple[str, ...] = MODES
+) -> Comparison:
+    if options.samples and options.seed is None:
+        # Every mode must draw from the same random stream: fix one seed for all of them.
+        options = dataclasses.replace(options, seed=random.SystemRandom().randrange(2**32))
+    results = {mode: generate_text(loaded, prompt, mode, options) for mode in modes}
+    return Comparison(results, find_divergence(loaded, results))

@@ -1,0 +1,118 @@
+"""Prompt caches on disk: the model's keys and values for a prompt, reused by a later prompt that
+starts with the same tokens, so that only the rest needs a prefill.
+
+The file is safetensors (tensors and string metadata, nothing executable). A file for another
+model, dtype, device type or format, for a prompt that is not a prefix, or a damaged file is
+refused with a reason, never used: the output with a cache is always the output without one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from gencli.loading import LoadedModel
+
+FORMAT_VERSION = "1"
+_SAMPLES_PER_TENSOR = 4096
+
+
+class PromptCacheRefused(Exception):
+    """The file exists but cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class StoredPrompt:
+    token_ids: list[int]
+    keys: list[torch.Tensor]  # per layer: [1, heads, len(token_ids), head_dim]
+    values: list[torch.Tensor]
+
+
+def model_fingerprint(loaded: LoadedModel) -> str:
+    """The architecture config plus a hash of every weight tensor's shape and a strided sample of
+    its values: different checkpoints differ, and hashing stays fast for large models."""
+    digest = hashlib.sha256(loaded.model.config.to_json_string(use_diff=False).encode())
+    for name, tensor in sorted(loaded.model.state_dict().items()):
+        flat = tensor.detach().reshape(-1)
+        step = max(1, flat.numel() // _SAMPLES_PER_TENSOR)
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(flat[::step].float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _expected_metadata(loaded: LoadedModel) -> dict[str, str]:
+    return {
+        "gencli_prompt_cache_format": FORMAT_VERSION,
+        "model_fingerprint": model_fingerprint(loaded),
+        "dtype": str(loaded.dtype).removeprefix("torch."),
+        "device_type": loaded.device.type,
+    }
+
+
+_MISMATCH_REASONS = {
+    "gencli_prompt_cache_format": "was written in another cache format",
+    "model_fingerprint": "is for another model",
+    "dtype": "holds another dtype",
+    "device_type": "was made on another device type",
+}
+
+
+def load(path: Path, loaded: LoadedModel) -> StoredPrompt:
+    """Read and check a prompt cache; raise `PromptCacheRefused` with the reason if unusable."""
+    try:
+        with safe_open(path, framework="pt", device=str(loaded.device)) as file:
+            metadata = file.metadata() or {}
+            tensors = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118 (not a dict)
+    except (OSError, ValueError, SafetensorError) as error:
+        raise PromptCacheRefused(f"is unreadable (corrupt or truncated: {error})") from None
+    expected = _expected_metadata(loaded)
+    for key, reason in _MISMATCH_REASONS.items():
+        if metadata.get(key) != expected[key]:
+            raise PromptCacheRefused(reason)
+    try:
+        token_ids = [int(token) for token in json.loads(metadata["token_ids"])]
+        layers = loaded.model.config.n_layer
+        keys = [tensors[f"layer.{i}.keys"] for i in range(layers)]
+        values = [tensors[f"layer.{i}.values"] for i in range(layers)]
+    except (KeyError, ValueError, TypeError):
+        raise PromptCacheRefused("is incomplete (tensors or token ids missing)") from None
+    heads = loaded.model.config.n_head
+    shape = (1, heads, len(token_ids), loaded.model.config.n_embd // heads)
+    if not token_ids or any(tuple(t.shape) != shape for t in keys + values):
+        raise PromptCacheRefused("is damaged (tensor shapes do not match its prompt)")
+    return StoredPrompt(token_ids, keys, values)
+
+
+def reusable_length(stored: StoredPrompt, prompt_ids: list[int]) -> int:
+    """How many cached positions this prompt can reuse. At least the last prompt token is always
+    run, because its logits choose the first new token."""
+    if prompt_ids[: len(stored.token_ids)] != stored.token_ids:
+        raise PromptCacheRefused("was made for a prompt that this prompt does not start with")
+    return min(len(stored.token_ids), len(prompt_ids) - 1)
+
+
+def save(path: Path, loaded: LoadedModel, prompt_ids: list[int], cache: object) -> None:
+    """Write the prompt's positions of `cache` (a transformers or scratch cache, right after
+    prefill), atomically: a reader never sees a half-written file."""
+    length = len(prompt_ids)
+    tensors = {}
+    for index, layer in enumerate(cache.layers):
+        tensors[f"layer.{index}.keys"] = layer.keys[:, :, :length].contiguous()
+        tensors[f"layer.{index}.values"] = layer.values[:, :, :length].contiguous()
+    metadata = {**_expected_metadata(loaded), "token_ids": json.dumps(prompt_ids)}
+    partial = path.with_name(path.name + ".partial")
+    save_file(tensors, partial, metadata=metadata)
+    os.replace(partial, path)
+
+
+def restore(stored: StoredPrompt, length: int, cache: object) -> None:
+    """Fill an empty cache with the first `length` stored positions."""
+    for index, (keys, values) in enumerate(zip(stored.keys, stored.values, strict=True)):
+        cache.update(keys[:, :, :length], values[:, :, :length], index)
