@@ -8,6 +8,8 @@ achieved; this command measures the machine's read bandwidth to compare against.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import os
 import statistics
@@ -48,6 +50,13 @@ def weight_bytes(loaded: LoadedModel) -> int:
     return sum(p.numel() * p.element_size() for p in loaded.model.parameters())
 
 
+def _release_free_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc), so that new allocations show in the RSS
+    instead of silently reusing pages that are still resident."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 class PeakMemory:
     """Peak memory above the level at entry: CUDA's allocator statistics, or sampled RSS on CPU."""
 
@@ -61,6 +70,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self._baseline = torch.cuda.memory_allocated()
             return self
+        _release_free_memory()
         self._baseline = self._peak = _rss_bytes()
         self._running = True
         self._thread = threading.Thread(target=self._sample, daemon=True)

@@ -56,11 +56,12 @@ def _expected_metadata(loaded: LoadedModel) -> dict[str, str]:
     }
 
 
+# Checked in this order: the fingerprint depends on the dtype, so dtype speaks first.
 _MISMATCH_REASONS = {
     "gencli_prompt_cache_format": "was written in another cache format",
-    "model_fingerprint": "is for another model",
     "dtype": "holds another dtype",
     "device_type": "was made on another device type",
+    "model_fingerprint": "is for another model",
 }
 
 

@@ -1,0 +1,71 @@
+import json
+import time
+
+import pytest
+import torch
+from transformers import GPT2LMHeadModel
+from typer.testing import CliRunner
+
+from gencli.bench import PeakMemory, measure_read_bandwidth
+from gencli.cli import app
+
+runner = CliRunner()
+SMALL = ["--lengths", "24,40", "--prompt-tokens", "4", "--new-tokens", "6", "--sweep-new-tokens", "4"]
+
+
+def test_bench_json_and_plot(tiny_model_dir, tmp_path):
+    plot = tmp_path / "bench.png"
+    args = ["bench", "--model", str(tiny_model_dir), *SMALL, "--repeats", "2", "--warmup", "0"]
+    result = runner.invoke(app, [*args, "--json", "--plot", str(plot)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [row["mode"] for row in report["headline"]] == ["generate", "greedy", "kv-cache", "scratch"]
+    assert [(row["prompt_tokens"], row["new_tokens"]) for row in report["headline"]] == [(4, 6)] * 4
+    assert sorted({row["total_tokens"] for row in report["sweep"]}) == [24, 40] and len(report["sweep"]) == 8
+    for row in report["headline"] + report["sweep"]:
+        assert row["decode_tokens_per_s"] > 0 and row["latency_p95_ms"] >= row["latency_p50_ms"] > 0
+        assert 0 < row["prefill_s"] <= row["ttft_s"]
+        assert row["bandwidth_fraction"] > 0
+    assert set(report["ratios"]) == {
+        "kv_cache_vs_generate",
+        "kv_cache_bandwidth_fraction",
+        "cache_vs_no_cache_at_40",
+    }
+    parameters = GPT2LMHeadModel.from_pretrained(tiny_model_dir).parameters()
+    assert report["weight_bytes"] == 4 * sum(p.numel() for p in parameters)
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_table_and_arch(tiny_model_dir):
+    args = ["bench", "--arch", "gpt2", "--modes", "kv-cache", "--lengths", "12", "--prompt-tokens", "4"]
+    result = runner.invoke(app, [*args, "--new-tokens", "2", "--sweep-new-tokens", "2", "--repeats", "1"])
+    assert result.exit_code == 0, result.output
+    assert "gpt2 architecture, random weights" in result.stdout and "Headline run" in result.stdout
+    assert "measured read bandwidth" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--lengths", "a,b"], "--lengths takes comma-separated integers"),
+        (["--lengths", "8", "--sweep-new-tokens", "8"], "must exceed --sweep-new-tokens"),
+        (["--lengths", "2000"], "context of 1024"),
+        (["--arch", "llama"], "unknown architecture 'llama'"),
+        (["--repeats", "0"], "--repeats"),
+    ],
+)
+def test_bench_bad_options(tiny_model_dir, args, message):
+    result = runner.invoke(app, ["bench", "--model", str(tiny_model_dir), *args])
+    assert result.exit_code == 2 and message in result.stderr
+
+
+def test_read_bandwidth_is_measured():
+    assert measure_read_bandwidth(torch.device("cpu"), megabytes=16, repeats=2) > 1e8
+
+
+def test_peak_memory_sees_an_allocation():
+    with PeakMemory(torch.device("cpu")) as memory:
+        block = torch.ones(64 * 2**20 // 4)
+        block += 1
+        time.sleep(0.05)
+    assert memory.peak_bytes > 48 * 2**20

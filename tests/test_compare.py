@@ -1,0 +1,69 @@
+import json
+
+import torch
+from typer.testing import CliRunner
+
+from gencli import compare
+from gencli.cli import app
+from gencli.config import DecodingOptions
+from gencli.generation import generate_text
+
+runner = CliRunner()
+
+
+def test_all_modes_agree(tiny_model_dir):
+    result = runner.invoke(app, ["compare", "Hello world", "--model", str(tiny_model_dir), "-n", "10"])
+    assert result.exit_code == 0, result.output
+    assert "all 4 modes agree on all 10 tokens" in result.stdout
+    for mode in ("generate", "greedy", "kv-cache", "scratch"):
+        assert mode in result.stdout
+
+
+def test_json_and_sampling_share_one_seed(tiny_model_dir):
+    args = ["compare", "Hello", "--model", str(tiny_model_dir), "-n", "6", "--sample", "--json"]
+    data = json.loads(runner.invoke(app, args).stdout)
+    assert data["agree"] is True and data["divergence"] is None
+    seeds = {result["seed"] for result in data["results"].values()}
+    assert len(seeds) == 1 and None not in seeds
+
+
+def test_disagreement_is_located_with_its_margin(tiny, tiny_model_dir, monkeypatch):
+    real = compare.generate_text
+
+    def scratch_goes_astray(loaded, prompt, mode, options, *args, **kwargs):
+        result = real(loaded, prompt, mode, options, *args, **kwargs)
+        if mode == "scratch":
+            result.token_ids[3] = 11  # ","
+        return result
+
+    monkeypatch.setattr(compare, "generate_text", scratch_goes_astray)
+    result = runner.invoke(
+        app, ["compare", "Hello world", "--model", str(tiny_model_dir), "-n", "8", "--json"]
+    )
+    assert result.exit_code == 1
+    divergence = json.loads(result.stdout)["divergence"]
+    assert (
+        divergence["index"] == 3 and divergence["other_mode"] == "scratch" and divergence["other_token"] == 11
+    )
+    reference = generate_text(tiny, "Hello world", "generate", DecodingOptions(max_new_tokens=8))
+    prefix = reference.prompt_token_ids + reference.token_ids[:3]
+    logits = tiny.model(torch.tensor([prefix])).logits[0, -1]
+    assert abs(divergence["logit_margin"] - float(logits[reference.token_ids[3]] - logits[11])) < 1e-4
+    assert divergence["near_tie"] is False
+    table = runner.invoke(app, ["compare", "Hello world", "--model", str(tiny_model_dir), "-n", "8"])
+    assert "modes disagree at new token 3" in table.stdout and "not a near-tie" in table.stdout
+
+
+def test_stopped_early_counts_as_divergence(tiny):
+    results = {
+        mode: generate_text(tiny, "Hi", mode, DecodingOptions(max_new_tokens=4))
+        for mode in ("generate", "greedy")
+    }
+    results["greedy"].token_ids.pop()
+    divergence = compare.find_divergence(tiny, results)
+    assert divergence.index == 3 and divergence.other_token is None and divergence.logit_margin is None
+
+
+def test_unknown_mode(tiny_model_dir):
+    result = runner.invoke(app, ["compare", "Hi", "--model", str(tiny_model_dir), "--modes", "fast"])
+    assert result.exit_code == 2 and "unknown mode 'fast'" in result.stderr
