@@ -74,11 +74,12 @@ def describe_folder(name: str, folder: Path, source: str, size_bytes: int | None
 
 
 def cached_hub_models(cache_dir: str | Path | None = None) -> list[ModelEntry]:
-    from huggingface_hub import scan_cache_dir
+    from huggingface_hub import constants, scan_cache_dir
     from huggingface_hub.errors import CacheNotFound
 
     try:
-        cache = scan_cache_dir(cache_dir)
+        # The current setting, not the default that scan_cache_dir bound when it was imported.
+        cache = scan_cache_dir(cache_dir or constants.HF_HUB_CACHE)
     except CacheNotFound:
         return []
     entries = []

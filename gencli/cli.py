@@ -50,6 +50,14 @@ FallbackOption = Annotated[
 ]
 
 
+ArchOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Use this architecture with seeded random weights instead of --model: gpt2 = GPT-2 124M "
+        "(speed and numerics do not depend on the weight values).",
+        show_default=False,
+    ),
+]
 PromptArgument = Annotated[
     str | None,
     typer.Argument(
@@ -120,6 +128,13 @@ RepetitionPenaltyOption = Annotated[
             "Applies with and without sampling.",
             "repetition_penalty",
         ),
+        show_default=False,
+    ),
+]
+NoRepeatNgramOption = Annotated[
+    int | None,
+    typer.Option(
+        help=_with_default("Never repeat a sequence of this many tokens; 0 is off.", "no_repeat_ngram_size"),
         show_default=False,
     ),
 ]
@@ -198,9 +213,15 @@ app = typer.Typer(
 )
 
 
-def _load(model: str | None, device: str | None, dtype: str, fallback: bool | None) -> Any:
-    """Load a model (options left unset take the built-in defaults); tell when the demo stands in."""
-    from gencli.loading import load_model
+def _load(
+    model: str | None, device: str | None, dtype: str, fallback: bool | None, arch: str | None = None
+) -> Any:
+    """Load a model (options left unset take the built-in defaults), or build `arch` with random
+    weights; tell when the demo model stands in."""
+    from gencli.loading import load_model, random_model
+
+    if arch is not None:
+        return random_model(arch, device or _DEFAULTS["device"], dtype)
 
     loaded = load_model(
         model or _DEFAULTS["model"],
@@ -258,6 +279,7 @@ def generate(
     top_k: TopKOption = None,
     top_p: TopPOption = None,
     repetition_penalty: RepetitionPenaltyOption = None,
+    no_repeat_ngram_size: NoRepeatNgramOption = None,
     seed: SeedOption = None,
     stop: StopOption = None,
     ignore_eos: IgnoreEosOption = None,
@@ -315,6 +337,7 @@ def generate(
         top_k=top_k,
         top_p=top_p,
         repetition_penalty=repetition_penalty,
+        no_repeat_ngram_size=no_repeat_ngram_size,
         seed=seed,
         ignore_eos=ignore_eos,
     )
@@ -382,10 +405,12 @@ def compare(
     top_k: TopKOption = None,
     top_p: TopPOption = None,
     repetition_penalty: RepetitionPenaltyOption = None,
+    no_repeat_ngram_size: NoRepeatNgramOption = None,
     seed: SeedOption = None,
     stop: StopOption = None,
     ignore_eos: IgnoreEosOption = None,
     model: ModelOption = None,
+    arch: ArchOption = None,
     fallback: FallbackOption = None,
     device: DeviceOption = None,
     dtype: DtypeOption = None,
@@ -411,6 +436,7 @@ def compare(
         top_k=top_k,
         top_p=top_p,
         repetition_penalty=repetition_penalty,
+        no_repeat_ngram_size=no_repeat_ngram_size,
         seed=seed,
         ignore_eos=ignore_eos,
     )
@@ -420,7 +446,7 @@ def compare(
     from gencli.compare import compare_modes
 
     chosen = _modes(modes)
-    loaded = _load(settings.model, settings.device, settings.dtype, settings.fallback)
+    loaded = _load(settings.model, settings.device, settings.dtype, settings.fallback, arch)
     comparison = compare_modes(loaded, text, settings.decoding, chosen)
     if as_json:
         render.print_json(comparison.to_dict())
@@ -441,14 +467,7 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 @app.command()
 def bench(
-    arch: Annotated[
-        str | None,
-        typer.Option(
-            help="Benchmark this architecture with random weights instead of --model (cost does not "
-            "depend on weight values): gpt2 = GPT-2 124M.",
-            show_default=False,
-        ),
-    ] = None,
+    arch: ArchOption = None,
     model: ModelOption = None,
     fallback: FallbackOption = None,
     modes: ModesOption = None,
@@ -479,7 +498,6 @@ def bench(
     """
     from gencli import render
     from gencli.bench import run_bench
-    from gencli.loading import random_model
 
     chosen = _modes(modes)
     sweep = _int_list(lengths)
@@ -489,10 +507,7 @@ def bench(
         raise GencliError(
             "--repeats, --prompt-tokens, --new-tokens and --sweep-new-tokens must be at least 1"
         )
-    if arch is not None:
-        loaded = random_model(arch, device or _DEFAULTS["device"], dtype or _DEFAULTS["dtype"])
-    else:
-        loaded = _load(model, device, dtype or _DEFAULTS["dtype"], fallback)
+    loaded = _load(model, device, dtype or _DEFAULTS["dtype"], fallback, arch)
     if max(sweep) > loaded.context_length or prompt_tokens + new_tokens > loaded.context_length:
         raise GencliError(f"lengths must fit the model's context of {loaded.context_length} tokens")
     with render.progress(len(chosen) * (len(sweep) + 1), as_json) as advance:
@@ -561,6 +576,7 @@ def batch(
     top_k: TopKOption = None,
     top_p: TopPOption = None,
     repetition_penalty: RepetitionPenaltyOption = None,
+    no_repeat_ngram_size: NoRepeatNgramOption = None,
     seed: SeedOption = None,
     stop: StopOption = None,
     ignore_eos: IgnoreEosOption = None,
@@ -590,6 +606,7 @@ def batch(
         top_k=top_k,
         top_p=top_p,
         repetition_penalty=repetition_penalty,
+        no_repeat_ngram_size=no_repeat_ngram_size,
         seed=seed,
         ignore_eos=ignore_eos,
     )
@@ -630,6 +647,7 @@ def verify_command(
         typer.Argument(help="Prompts to check with; several make the padded batch.", show_default=False),
     ] = None,
     model: ModelOption = None,
+    arch: ArchOption = None,
     fallback: FallbackOption = None,
     device: DeviceOption = None,
     as_json: JsonOption = False,
@@ -645,7 +663,7 @@ def verify_command(
 
     for prompt in prompts or []:
         check_prompt(prompt)
-    loaded = _load(model, device, "float32", fallback)
+    loaded = _load(model, device, "float32", fallback, arch)
     report = verify(loaded, prompts)
     if as_json:
         render.print_json(report.to_dict())

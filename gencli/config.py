@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -33,6 +33,7 @@ class DecodingOptions:
     top_k: int = 0
     top_p: float = 1.0
     repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
@@ -43,6 +44,11 @@ class DecodingOptions:
         return self.sample and self.temperature > 0
 
 
+# The CLI's default preset: greedy decoding that does not loop. Without these two, small models
+# (the bundled demo one especially) repeat a phrase within a few dozen tokens.
+DEFAULT_DECODING = DecodingOptions(repetition_penalty=1.2, no_repeat_ngram_size=3)
+
+
 @dataclass(frozen=True)
 class Settings:
     model: str = "gpt2"
@@ -51,7 +57,7 @@ class Settings:
     dtype: str = "auto"
     # Use the bundled demo model when the hub model is neither cached nor reachable.
     fallback: bool = True
-    decoding: DecodingOptions = field(default_factory=DecodingOptions)
+    decoding: DecodingOptions = DEFAULT_DECODING
 
     def as_flat_dict(self) -> dict[str, Any]:
         flat = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "decoding"}
@@ -73,6 +79,7 @@ _KEY_TYPES: dict[str, type] = {
     "top_k": int,
     "top_p": float,
     "repetition_penalty": float,
+    "no_repeat_ngram_size": int,
     "seed": int,
     "stop": list,
     "ignore_eos": bool,
@@ -130,6 +137,7 @@ def validate(values: Mapping[str, Any], name: Callable[[str], str] = flag_name) 
         "top_k": (lambda v: v >= 0, "must be 0 (off) or more"),
         "top_p": (lambda v: 0 < v <= 1, "must be in (0, 1]; 1 turns it off"),
         "repetition_penalty": (lambda v: v > 0, "must be greater than 0; 1 turns it off"),
+        "no_repeat_ngram_size": (lambda v: v >= 0, "must be 0 (off) or more"),
         "mode": (lambda v: v in MODES, f"must be one of {', '.join(MODES)}"),
         "device": (lambda v: v in DEVICES, f"must be one of {', '.join(DEVICES)}"),
         "dtype": (lambda v: v in DTYPES, f"must be one of {', '.join(DTYPES)}"),

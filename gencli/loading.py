@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import urllib.parse
 from dataclasses import dataclass
 from importlib import resources
@@ -75,18 +76,29 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def _hub_is_reachable(timeout_s: float = 2.0) -> bool:
-    """One short TCP connect instead of the hub client's retries, which take ~20 s to fail offline."""
+    """One bounded probe instead of the hub client's retries, which take ~20 s to fail offline.
+
+    It runs in a thread because a socket timeout does not cover name resolution, which can hang.
+    """
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
         return False
     url = urllib.parse.urlparse(constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
+    address = (url.hostname, url.port or (443 if url.scheme == "https" else 80))
+    reachable = threading.Event()
+
+    def probe() -> None:
+        try:
+            with socket.create_connection(address, timeout=timeout_s):
+                reachable.set()
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return reachable.is_set()
 
 
 def _is_cached(model_id: str) -> bool:

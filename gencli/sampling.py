@@ -1,9 +1,9 @@
 """Logits processing and token selection shared by every mode.
 
 The manual loops use Hugging Face's own logits processors, in the order `generate` builds them
-(repetition penalty, then temperature, top-k, top-p), and pick the next token with the same calls
-`generate` makes (`softmax` + `multinomial`, or `argmax`). With the same seed, the random stream is
-consumed identically, so all modes produce the same tokens.
+(repetition penalty, n-gram blocking, then temperature, top-k, top-p), and pick the next token
+with the same calls `generate` makes (`softmax` + `multinomial`, or `argmax`). With the same seed,
+the random stream is consumed identically, so all modes produce the same tokens.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from transformers import (
     LogitsProcessorList,
+    NoRepeatNGramLogitsProcessor,
     RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
@@ -33,6 +34,8 @@ def build_logits_processors(
                 float(options.repetition_penalty), prompt_ignore_length=padding_lengths
             )
         )
+    if options.no_repeat_ngram_size > 0:
+        processors.append(NoRepeatNGramLogitsProcessor(options.no_repeat_ngram_size))
     if options.samples:
         if options.temperature != 1.0:
             processors.append(TemperatureLogitsWarper(float(options.temperature)))
@@ -52,6 +55,7 @@ def generate_kwargs(options: DecodingOptions) -> dict[str, Any]:
     return {
         "do_sample": options.samples,
         "repetition_penalty": float(options.repetition_penalty),
+        "no_repeat_ngram_size": options.no_repeat_ngram_size,
         "temperature": float(options.temperature) if options.samples else 1.0,
         "top_k": options.top_k if options.samples else 0,
         "top_p": float(options.top_p) if options.samples else 1.0,

@@ -40,6 +40,12 @@ def tiny(tiny_model_dir: Path) -> LoadedModel:
     return load_model(str(tiny_model_dir), device="cpu")
 
 
+@pytest.fixture(scope="session")
+def demo() -> LoadedModel:
+    """The bundled demo model: trained weights, its own 4,096-token BPE tokenizer."""
+    return load_model("demo", device="cpu")
+
+
 @pytest.fixture
 def eos_as(tiny: LoadedModel) -> Iterator:
     """Make a given token the model's EOS for one test, so that a random model does stop at EOS."""

@@ -71,7 +71,7 @@ def test_json_with_cache(tiny_model_dir):
     result = gencli("Hello world", "--model", tiny_model_dir, "-n", 3, "--json", "--inspect-cache")
     data = json.loads(result.stdout)
     assert [layer["key_shape"] for layer in data["cache"]] == [[1, 4, 4, 16], [1, 4, 4, 16]]
-    assert {"layer", "key_shape", "value_shape", "dtype", "bytes"} == set(data["cache"][0])
+    assert {"layer", "key_shape", "value_shape", "dtype", "bytes", "capacity"} == set(data["cache"][0])
     assert [s["seq_len"] for s in data["cache_snapshots"]] == [2, 4]
 
 
@@ -146,9 +146,24 @@ def test_missing_model_folder(tmp_path):
     assert_one_line_error(gencli("Hi", "--model", tmp_path / "nope" / "model"), "does not exist", "--model")
 
 
-def test_hub_model_not_cached_and_offline(hub_cache):
-    assert_one_line_error(
-        gencli("Hi", "--model", "gpt2"), "'gpt2' is not in the local", "HF_HUB_OFFLINE", "folder"
+def test_hub_model_not_cached_and_offline_without_fallback(hub_cache):
+    result = gencli("Hi", "--model", "gpt2", "--no-fallback")
+    assert_one_line_error(result, "'gpt2' is not in the local", "HF_HUB_OFFLINE", "folder", "--model demo")
+
+
+def test_fallback_can_be_turned_off_in_a_config_file(hub_cache, tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text("fallback = false\n")
+    assert_one_line_error(gencli("Hi", "--config", config), "'gpt2' is not in the local")
+
+
+def test_falls_back_to_the_demo_model_with_one_notice(hub_cache):
+    result = gencli("It is a truth universally acknowledged", "-n", "8", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["model"] == "demo"
+    assert result.stderr.splitlines()[0] == (
+        "gencli: gpt2 is not cached and the hub is unreachable: using the bundled demo model "
+        "(--no-fallback makes this an error)"
     )
 
 

@@ -47,7 +47,8 @@ def test_disagreement_is_located_with_its_margin(tiny, tiny_model_dir, monkeypat
     )
     reference = generate_text(tiny, "Hello world", "generate", DecodingOptions(max_new_tokens=8))
     prefix = reference.prompt_token_ids + reference.token_ids[:3]
-    logits = tiny.model(torch.tensor([prefix])).logits[0, -1]
+    with torch.inference_mode():
+        logits = tiny.model(torch.tensor([prefix])).logits[0, -1]
     assert abs(divergence["logit_margin"] - float(logits[reference.token_ids[3]] - logits[11])) < 1e-4
     assert divergence["near_tie"] is False
     table = runner.invoke(app, ["compare", "Hello world", "--model", str(tiny_model_dir), "-n", "8"])

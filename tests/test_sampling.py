@@ -13,6 +13,8 @@ OPTION_SETS = [
     DecodingOptions(sample=True, temperature=0.7, top_k=40, top_p=0.9, repetition_penalty=1.2),
     DecodingOptions(sample=True, top_p=0.5),
     DecodingOptions(sample=True, temperature=0.0, top_k=5),
+    DecodingOptions(repetition_penalty=1.2, no_repeat_ngram_size=3),
+    DecodingOptions(sample=True, no_repeat_ngram_size=2, top_p=0.9, repetition_penalty=1.1),
 ]
 
 

@@ -19,6 +19,7 @@ OPTION_SETS = {
         max_new_tokens=24, sample=True, seed=1, temperature=0.8, top_k=40, top_p=0.9, repetition_penalty=1.2
     ),
     "sample+hot": DecodingOptions(max_new_tokens=24, sample=True, seed=2, temperature=1.5),
+    "default preset": DecodingOptions(max_new_tokens=24, repetition_penalty=1.2, no_repeat_ngram_size=3),
 }
 
 
