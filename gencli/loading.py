@@ -123,6 +123,12 @@ def _load_tokenizer(source: str, model: PreTrainedModel, local_only: bool) -> Pr
     )
 
 
+def _quiet_transformers() -> None:
+    # Progress bars and advice meant for library users would clutter a CLI's stderr.
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+
+
 class ModelUnavailable(GencliError):
     """A hub model that is neither cached nor reachable: the case the demo model can stand in for."""
 
@@ -155,9 +161,7 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", fallback: b
     With `fallback`, a hub model that cannot be had (not cached, hub unreachable) is replaced by
     the bundled demo model, and `fallback_reason` says so.
     """
-    # Progress bars and advice meant for library users would clutter a CLI's stderr.
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
+    _quiet_transformers()
     try:
         source, local_only = _resolve_source(name)
     except ModelUnavailable:
@@ -196,6 +200,7 @@ def random_model(
 
     if architecture not in ARCHITECTURES:
         raise GencliError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
+    _quiet_transformers()
     torch_device = resolve_device(device)
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(GPT2Config()).to(device=torch_device, dtype=resolve_dtype(dtype, torch_device))

@@ -42,6 +42,7 @@ def test_bench_table_and_arch(tiny_model_dir):
     assert result.exit_code == 0, result.output
     assert "gpt2 architecture, random weights" in result.stdout and "Headline run" in result.stdout
     assert "measured read bandwidth" in result.stdout
+    assert "[transformers]" not in result.stderr
 
 
 @pytest.mark.parametrize(
