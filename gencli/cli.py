@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 import typer.core
 
-from gencli.config import Device, Dtype, Mode, Settings, check_prompt, resolve_settings
+from gencli.config import KNOWN_KEYS, Device, Dtype, Mode, Settings, check_prompt, resolve_settings
 from gencli.errors import GencliError
 
 EXIT_INTERRUPTED = 130
@@ -265,8 +265,12 @@ def _root(
     """Generate text with GPT-2 and see how generation works inside."""
 
 
-def _settings(config: Path | None, stop: list[str] | None, **flags: Any) -> Settings:
-    return resolve_settings(config, {**flags, "stop": tuple(stop) if stop else None})
+def _settings(arguments: dict[str, Any]) -> Settings:
+    """Settings from a command's arguments (its `locals()`): those named like a config key are
+    flags, None where not given, so that the config file and the defaults fill them."""
+    flags = {key: arguments.get(key) for key in KNOWN_KEYS}
+    flags["stop"] = tuple(arguments["stop"]) if arguments.get("stop") else None
+    return resolve_settings(arguments.get("config"), flags)
 
 
 @app.command()
@@ -323,24 +327,7 @@ def generate(
     the hand-written loops use Hugging Face's logits processors and the same sampling call
     as model.generate. With --sample, a run without --seed picks a random seed (shown in --json).
     """
-    settings = _settings(
-        config,
-        stop,
-        model=model,
-        fallback=fallback,
-        mode=mode,
-        device=device,
-        dtype=dtype,
-        max_new_tokens=max_new_tokens,
-        sample=sample,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        repetition_penalty=repetition_penalty,
-        no_repeat_ngram_size=no_repeat_ngram_size,
-        seed=seed,
-        ignore_eos=ignore_eos,
-    )
+    settings = _settings(locals())
     text = _read_prompt(prompt)
     check_prompt(text)
 
@@ -423,23 +410,7 @@ def compare(
     position, the two competing tokens and their logit margin there: a margin near 0 is a
     near-tie that float rounding can flip, a large one is a bug. Exits 1 when modes disagree.
     """
-    settings = _settings(
-        config,
-        stop,
-        model=model,
-        fallback=fallback,
-        device=device,
-        dtype=dtype,
-        max_new_tokens=max_new_tokens,
-        sample=sample,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        repetition_penalty=repetition_penalty,
-        no_repeat_ngram_size=no_repeat_ngram_size,
-        seed=seed,
-        ignore_eos=ignore_eos,
-    )
+    settings = _settings(locals())
     text = _read_prompt(prompt)
     check_prompt(text)
     from gencli import render
@@ -593,23 +564,7 @@ def batch(
     may override. Greedy results equal generating each prompt alone; sampled batches draw from
     one random stream, so they differ from single runs with the same seed.
     """
-    settings = _settings(
-        config,
-        stop,
-        model=model,
-        fallback=fallback,
-        device=device,
-        dtype=dtype,
-        max_new_tokens=max_new_tokens,
-        sample=sample,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        repetition_penalty=repetition_penalty,
-        no_repeat_ngram_size=no_repeat_ngram_size,
-        seed=seed,
-        ignore_eos=ignore_eos,
-    )
+    settings = _settings(locals())
     if batch_size < 1:
         raise GencliError(f"--batch-size must be at least 1, got {batch_size}")
     if resume and output is None:
