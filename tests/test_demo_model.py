@@ -78,4 +78,5 @@ def test_default_greedy_output_does_not_loop(demo, prompt):
     tokens = generate_text(
         demo, prompt, "kv-cache", DecodingOptions(**{**vars(options), "max_new_tokens": 60})
     )
-    assert longest_repeat(tokens.token_ids) <= 2, demo.tokenizer.decode(tokens.token_ids)
+    # the default preset blocks repeated 3-grams, so no 4-gram can occur twice
+    assert longest_repeat(tokens.token_ids) == 1, demo.tokenizer.decode(tokens.token_ids)
