@@ -26,118 +26,56 @@ def _with_default(text: str, key: str) -> str:
     return f"{text}  [default: {shown}]"
 
 
-ModelOption = Annotated[
-    str | None,
-    typer.Option(
-        help=_with_default("Hugging Face hub id or local model folder.", "model"), show_default=False
-    ),
-]
-DeviceOption = Annotated[
-    Device | None, typer.Option(help=_with_default("Where to run.", "device"), show_default=False)
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
-FallbackOption = Annotated[
-    bool | None,
-    typer.Option(
-        "--fallback/--no-fallback",
-        help=_with_default(
-            "When the hub model is neither cached nor reachable, use the bundled demo model "
-            "(with a notice on stderr) instead of failing.",
-            "fallback",
-        ),
-        show_default=False,
-    ),
-]
+def _setting(python_type: Any, key: str, text: str, *declarations: str) -> Any:
+    """A flag for config key `key`: None when not given, so the config file and defaults can fill it."""
+    return Annotated[
+        python_type | None,
+        typer.Option(*declarations, help=_with_default(text, key), show_default=False),
+    ]
 
 
-ArchOption = Annotated[
-    str | None,
-    typer.Option(
-        help="Use this architecture with seeded random weights instead of --model: gpt2 = GPT-2 124M "
-        "(speed and numerics do not depend on the weight values).",
-        show_default=False,
-    ),
-]
-PromptArgument = Annotated[
-    str | None,
-    typer.Argument(
-        help="Text to continue. Omit it or pass '-' to read stdin.", metavar="[PROMPT]", show_default=False
-    ),
-]
-ModeOption = Annotated[
-    Mode | None,
-    typer.Option(
-        "--mode",
-        "-m",
-        help=_with_default(
-            "generate: Hugging Face model.generate. greedy: hand-written loop that re-runs the whole "
-            "sequence every step (no cache). kv-cache: hand-written loop that feeds one token plus "
-            "the cache. scratch: the from-scratch GPT-2 (gencli.scratch) with its own preallocated "
-            "cache.",
-            "mode",
-        ),
-        show_default=False,
-    ),
-]
-MaxNewTokensOption = Annotated[
-    int | None,
-    typer.Option(
-        "--max-new-tokens",
-        "-n",
-        help=_with_default("Most tokens to generate.", "max_new_tokens"),
-        show_default=False,
-    ),
-]
-SampleOption = Annotated[
-    bool | None,
-    typer.Option(
-        "--sample/--no-sample",
-        help=_with_default("Sample instead of taking the most likely token.", "sample"),
-        show_default=False,
-    ),
-]
-TemperatureOption = Annotated[
-    float | None,
-    typer.Option(
-        "--temperature",
-        "-t",
-        help=_with_default("Sampling temperature; 0 means greedy.", "temperature"),
-        show_default=False,
-    ),
-]
-TopKOption = Annotated[
-    int | None,
-    typer.Option(
-        help=_with_default("Sample among the k most likely tokens; 0 is off.", "top_k"), show_default=False
-    ),
-]
-TopPOption = Annotated[
-    float | None,
-    typer.Option(
-        help=_with_default(
-            "Sample among the most likely tokens whose probabilities sum to p, in (0, 1]; 1 is off.", "top_p"
-        ),
-        show_default=False,
-    ),
-]
-RepetitionPenaltyOption = Annotated[
-    float | None,
-    typer.Option(
-        help=_with_default(
-            "Divide the logits of tokens already in the text by this (> 0); 1 is off. "
-            "Applies with and without sampling.",
-            "repetition_penalty",
-        ),
-        show_default=False,
-    ),
-]
-NoRepeatNgramOption = Annotated[
-    int | None,
-    typer.Option(
-        help=_with_default("Never repeat a sequence of this many tokens; 0 is off.", "no_repeat_ngram_size"),
-        show_default=False,
-    ),
-]
+ModelOption = _setting(str, "model", "Hugging Face hub id, local model folder, or 'demo' (bundled).")
+DeviceOption = _setting(Device, "device", "Where to run.")
+DtypeOption = _setting(Dtype, "dtype", "Weight dtype; auto is float32 on CPU, 16-bit on a GPU.")
+FallbackOption = _setting(
+    bool,
+    "fallback",
+    "When the hub model is neither cached nor reachable, use the bundled demo model (with a notice "
+    "on stderr) instead of failing.",
+    "--fallback/--no-fallback",
+)
+ModeOption = _setting(
+    Mode,
+    "mode",
+    "generate: Hugging Face model.generate. greedy: hand-written loop that re-runs the whole sequence "
+    "every step (no cache). kv-cache: hand-written loop that feeds one token plus the cache. "
+    "scratch: the from-scratch GPT-2 (gencli.scratch) with its own preallocated cache.",
+    "--mode",
+    "-m",
+)
+MaxNewTokensOption = _setting(int, "max_new_tokens", "Most tokens to generate.", "--max-new-tokens", "-n")
+SampleOption = _setting(
+    bool, "sample", "Sample instead of taking the most likely token.", "--sample/--no-sample"
+)
+TemperatureOption = _setting(
+    float, "temperature", "Sampling temperature; 0 means greedy.", "--temperature", "-t"
+)
+TopKOption = _setting(int, "top_k", "Sample among the k most likely tokens; 0 is off.")
+TopPOption = _setting(
+    float, "top_p", "Sample among the most likely tokens whose probabilities sum to p, in (0, 1]; 1 is off."
+)
+RepetitionPenaltyOption = _setting(
+    float,
+    "repetition_penalty",
+    "Divide the logits of tokens already in the text by this (> 0); 1 is off. Applies with and "
+    "without sampling.",
+)
+NoRepeatNgramOption = _setting(
+    int, "no_repeat_ngram_size", "Never repeat a sequence of this many tokens; 0 is off."
+)
+IgnoreEosOption = _setting(
+    bool, "ignore_eos", "Keep generating past the end-of-text token.", "--ignore-eos/--stop-at-eos"
+)
 SeedOption = Annotated[
     int | None,
     typer.Option(help="Random seed; the same seed gives the same tokens in every mode.", show_default=False),
@@ -150,19 +88,19 @@ StopOption = Annotated[
         show_default=False,
     ),
 ]
-IgnoreEosOption = Annotated[
-    bool | None,
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+ArchOption = Annotated[
+    str | None,
     typer.Option(
-        "--ignore-eos/--stop-at-eos",
-        help=_with_default("Keep generating past the end-of-text token.", "ignore_eos"),
+        help="Use this architecture with seeded random weights instead of --model: gpt2 = GPT-2 124M "
+        "(speed and numerics do not depend on the weight values).",
         show_default=False,
     ),
 ]
-DtypeOption = Annotated[
-    Dtype | None,
-    typer.Option(
-        help=_with_default("Weight dtype; auto is float32 on CPU, 16-bit on a GPU.", "dtype"),
-        show_default=False,
+PromptArgument = Annotated[
+    str | None,
+    typer.Argument(
+        help="Text to continue. Omit it or pass '-' to read stdin.", metavar="[PROMPT]", show_default=False
     ),
 ]
 ConfigOption = Annotated[
