@@ -174,9 +174,6 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 
 def _row(mode: str, runs: list[GenerationResult], peak_bytes: int) -> BenchRow:
-    def median(values: list[float]) -> float:
-        return statistics.median(values)
-
     gaps = [
         (later - earlier) * 1000
         for run in runs
@@ -188,9 +185,9 @@ def _row(mode: str, runs: list[GenerationResult], peak_bytes: int) -> BenchRow:
         total_tokens=len(first.prompt_token_ids) + len(first.token_ids),
         prompt_tokens=len(first.prompt_token_ids),
         new_tokens=len(first.token_ids),
-        prefill_s=median([r.timings.prefill_s for r in runs]),
-        ttft_s=median([r.timings.ttft_s for r in runs]),
-        decode_tokens_per_s=median([r.timings.tokens_per_s or 0.0 for r in runs]),
+        prefill_s=statistics.median([r.timings.prefill_s for r in runs]),
+        ttft_s=statistics.median([r.timings.ttft_s for r in runs]),
+        decode_tokens_per_s=statistics.median([r.timings.tokens_per_s or 0.0 for r in runs]),
         latency_p50_ms=_percentile(gaps, 0.5) if gaps else 0.0,
         latency_p95_ms=_percentile(gaps, 0.95) if gaps else 0.0,
         peak_memory_bytes=peak_bytes,
@@ -212,10 +209,10 @@ def run_bench(
     sweep_new_tokens: int = 16,
     repeats: int = 3,
     warmup: int = 1,
-    on_run: Callable[[str], None] | None = None,
+    on_progress: Callable[[int, str], None] | None = None,
 ) -> BenchReport:
     """Headline: every mode, `prompt_tokens` + `new_tokens`. Sweep: every mode at each total
-    length, decoding the last `sweep_new_tokens` of it."""
+    length, decoding the last `sweep_new_tokens` of it. `on_progress(cells done, what runs now)`."""
     report = BenchReport(
         model=loaded.name,
         device=str(loaded.device),
@@ -230,11 +227,13 @@ def run_bench(
         prompt = bench_prompt(loaded, prompt_length)
         options = DecodingOptions(max_new_tokens=count, ignore_eos=True)
         for mode in modes:
-            if on_run:
-                on_run(f"{mode}: {prompt_length} + {count} tokens")
+            if on_progress:
+                on_progress(0, f"{mode}: {prompt_length} + {count} tokens")
             for _ in range(warmup):
                 generate_text(loaded, prompt, mode, options)
             with PeakMemory(loaded.device) as memory:
                 runs = [generate_text(loaded, prompt, mode, options) for _ in range(repeats)]
             rows.append(_row(mode, runs, memory.peak_bytes))
+            if on_progress:
+                on_progress(1, f"{mode}: done")
     return report

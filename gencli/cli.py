@@ -419,7 +419,7 @@ def bench(
     loaded = _load(model, device, dtype or _DEFAULTS["dtype"], fallback, arch)
     if max(sweep) > loaded.context_length or prompt_tokens + new_tokens > loaded.context_length:
         raise GencliError(f"lengths must fit the model's context of {loaded.context_length} tokens")
-    with render.progress(len(chosen) * (len(sweep) + 1), as_json) as advance:
+    with render.progress(len(chosen) * (len(sweep) + 1), "bench") as advance:
         report = run_bench(
             loaded,
             chosen,
@@ -429,7 +429,7 @@ def bench(
             sweep_new_tokens,
             repeats,
             warmup,
-            on_run=advance,
+            on_progress=advance,
         )
     if as_json:
         render.print_json(report.to_dict())
@@ -520,7 +520,7 @@ def batch(
     target = open(output, "a" if resume else "w", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
     failures = 0
     try:
-        with render.counter(sum(1 for line in lines if line.strip()), "prompts") as advance:
+        with render.progress(sum(1 for line in lines if line.strip()), "prompts") as advance:
             for record in run_batch(loaded, lines, settings.decoding, batch_size, skip, advance):
                 failures += "error" in record
                 target.write(render.json_line(record))

@@ -192,8 +192,9 @@ def build_stopping_criteria(
     loaded: LoadedModel, prompt_length: int, options: DecodingOptions
 ) -> StoppingCriteriaList:
     criteria = StoppingCriteriaList([MaxLengthCriteria(max_length=prompt_length + options.max_new_tokens)])
-    if loaded.eos_token_id is not None:
-        criteria.append(EosTokenCriteria(eos_token_id=loaded.eos_token_id))
+    eos_token_id = stopping_eos(loaded, options)
+    if eos_token_id is not None:
+        criteria.append(EosTokenCriteria(eos_token_id=eos_token_id))
     if options.stop:
         criteria.append(StopStringCriteria(tokenizer=loaded.tokenizer, stop_strings=list(options.stop)))
     return criteria

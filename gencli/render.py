@@ -312,33 +312,18 @@ def print_comparison(comparison: Comparison, tokenizer: Any, console: Console) -
 
 
 @contextlib.contextmanager
-def progress(total: int, quiet: bool) -> Iterator[Callable[[str], None]]:
-    """A progress bar on stderr; yields a callback that names the next step and advances the bar."""
+def progress(total: int, label: str) -> Iterator[Callable[..., None]]:
+    """A progress bar on stderr; yields `update(advance=0, description=None)`."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=stderr_console(), transient=True, disable=quiet) as bar:
-        task = bar.add_task("starting", total=total)
-        started = False
-
-        def advance(description: str) -> None:
-            nonlocal started
-            bar.update(task, description=description, advance=1 if started else 0)
-            started = True
-
-        yield advance
-        bar.update(task, advance=1)
-
-
-@contextlib.contextmanager
-def counter(total: int, unit: str) -> Iterator[Callable[[int], None]]:
-    """A progress bar on stderr counting `unit`s; yields a callback that advances it."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (TextColumn(unit), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=stderr_console(), transient=True) as bar:
-        task = bar.add_task(unit, total=total)
-        yield lambda count: bar.update(task, advance=count)
+        task = bar.add_task(label, total=total)
+
+        def update(advance: int = 0, description: str | None = None) -> None:
+            bar.update(task, advance=advance, description=description or label)
+
+        yield update
 
 
 def _bench_table(title: str, report: BenchReport, rows: list[BenchRow]) -> Table:

@@ -83,3 +83,14 @@ def test_modes_agree_when_stopping_at_a_stop_string(tiny, name):
     assert stop in result.text
     assert result.token_ids == free_run.token_ids[: len(result.token_ids)]
     assert len(result.token_ids) <= index + 1
+
+
+def test_ignore_eos_generates_past_the_end_token_in_every_mode(tiny, eos_as):
+    options = OPTION_SETS["greedy"]
+    free_run = generate_text(tiny, PROMPTS[0], "generate", options).token_ids
+    loaded = eos_as(free_run[first_new_token_index(free_run, 5)])
+    ignoring = DecodingOptions(**{**vars(options), "ignore_eos": True})
+    results = run_all_modes(loaded, PROMPTS[0], ignoring)
+    assert_all_equal(results)
+    assert results["generate"].token_ids == free_run
+    assert results["generate"].finish_reason == "length"
