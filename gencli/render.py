@@ -341,7 +341,7 @@ def _bench_table(title: str, report: BenchReport, rows: list[BenchRow]) -> Table
             f"{row.decode_tokens_per_s:.1f}",
             f"{row.latency_p50_ms:.1f}",
             f"{row.latency_p95_ms:.1f}",
-            f"{row.peak_memory_bytes / 2**20:.1f}",
+            "n/a" if row.peak_memory_bytes is None else f"{row.peak_memory_bytes / 2**20:.1f}",
             f"{report.bandwidth_fraction(row):.0%}",
         )
     return table

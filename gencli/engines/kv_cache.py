@@ -5,31 +5,43 @@ once for prompt + new tokens (`cache.layers[i].keys`: [batch, heads, max_length,
 written in place, rather than a `DynamicCache` that grows by concatenation. A step costs one
 token's work.
 
-On CPU in float32 the logits come from the transformer's last hidden state times the LM head's
-weight stored transposed ([n_embd, vocab], contiguous): that product streams the 154 MB of
-GPT-2's head about twice as fast as `lm_head`'s [vocab, n_embd] layout, the largest single cost
-of a step (see `prefers_embedding_columns`).
+A step is the Hugging Face transformer's own forward pass, run by a twin of it that shares its
+weights but takes `gencli.gemv`'s fast path for one-row products, the bulk of a step's time; the
+prefill's products are the transformer's own. The logits come from the last hidden state alone,
+through the LM head's weight by the same path.
 """
 
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 
 import torch
+from torch import nn
 from transformers import PreTrainedModel
 from transformers.cache_utils import StaticCache
 
 from gencli.engines.base import DecodeRequest, StepEngine
-from gencli.scratch.model import prefers_embedding_columns
-
-_output_embeddings: weakref.WeakKeyDictionary[PreTrainedModel, torch.Tensor] = weakref.WeakKeyDictionary()
+from gencli.gemv import Projection, with_fast_one_row_projections
 
 
-def output_embedding_columns(model: PreTrainedModel) -> torch.Tensor:
-    """The LM head's weight as [n_embd, vocab], contiguous; made once per loaded model."""
-    if model not in _output_embeddings:
-        _output_embeddings[model] = model.lm_head.weight.detach().t().contiguous()
-    return _output_embeddings[model]
+@dataclass(frozen=True)
+class FastDecoder:
+    transformer: nn.Module
+    lm_head: Projection
+
+
+# One per loaded model, reused by every run in the process.
+_decoders: weakref.WeakKeyDictionary[PreTrainedModel, FastDecoder] = weakref.WeakKeyDictionary()
+
+
+def fast_decoder_for(model: PreTrainedModel) -> FastDecoder:
+    if model not in _decoders:
+        _decoders[model] = FastDecoder(
+            transformer=with_fast_one_row_projections(model.transformer),
+            lm_head=Projection(model.lm_head.weight, model.lm_head.bias, layout="out_in"),
+        )
+    return _decoders[model]
 
 
 class KVCacheEngine(StepEngine):
@@ -40,7 +52,7 @@ class KVCacheEngine(StepEngine):
         return StaticCache(config=model.config, max_cache_len=max_length)
 
     def forward_module(self, model: PreTrainedModel) -> torch.nn.Module:
-        return model.transformer
+        return fast_decoder_for(model).transformer
 
     def prefill(self, request: DecodeRequest) -> torch.Tensor:
         # Positions a prompt cache already holds are not run again.
@@ -51,8 +63,6 @@ class KVCacheEngine(StepEngine):
 
     @staticmethod
     def _next_logits(request: DecodeRequest, new_tokens: torch.Tensor) -> torch.Tensor:
-        body = request.model.transformer(new_tokens, past_key_values=request.cache, use_cache=True)
-        hidden = body.last_hidden_state[:, -1]
-        if prefers_embedding_columns(request.model.lm_head.weight):
-            return hidden @ output_embedding_columns(request.model)
-        return request.model.lm_head(hidden)
+        decoder = fast_decoder_for(request.model)
+        body = decoder.transformer(new_tokens, past_key_values=request.cache, use_cache=True)
+        return decoder.lm_head(body.last_hidden_state[:, -1])

@@ -1,0 +1,107 @@
+"""`Projection`'s one-row fast paths compute x · W + b, and the fast twin of a transformer shares its
+weights and leaves the original alone."""
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from transformers.pytorch_utils import Conv1D
+
+from gencli.gemv import Projection, onednn_disabled, with_fast_one_row_projections
+
+
+@pytest.fixture
+def threads() -> Iterator:
+    original = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(original)
+
+
+def reference(x: torch.Tensor, weight_in_out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    out = x.double() @ weight_in_out.double()
+    return (out if bias is None else out + bias.double()).float()
+
+
+@pytest.mark.parametrize("layout", ["in_out", "out_in"])
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("thread_count", [1, 2, 3])
+@pytest.mark.parametrize("rows", [1, 5])
+def test_float32_projection_matches_the_product(threads, layout, with_bias, thread_count, rows):
+    threads(thread_count)
+    torch.manual_seed(0)
+    weight_in_out, bias = torch.randn(96, 40), torch.randn(40) if with_bias else None
+    weight = weight_in_out if layout == "in_out" else weight_in_out.t().contiguous()
+    x = torch.randn(1, rows, 96)
+    out = Projection(weight, bias, layout=layout)(x)
+    assert out.shape == (1, rows, 40)
+    torch.testing.assert_close(out, reference(x, weight_in_out, bias), atol=1e-4, rtol=1e-5)
+
+
+def test_float32_one_row_product_is_split_across_threads(threads, monkeypatch):
+    """With two threads the reduction runs as a batch of two half-products; the result is their sum."""
+    threads(2)
+    calls = []
+    real_bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda a, b: calls.append((a.shape, b.shape)) or real_bmm(a, b))
+    weight = torch.randn(64, 8)
+    out = Projection(weight, layout="in_out")(torch.ones(1, 64))
+    assert calls == [((2, 1, 32), (2, 32, 8))]
+    torch.testing.assert_close(out, weight.sum(0, keepdim=True), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("layout", ["in_out", "out_in"])
+def test_reduced_precision_one_row_runs_with_onednn_off_and_restores_it(dtype, layout, monkeypatch):
+    torch.manual_seed(0)
+    weight_in_out, bias = torch.randn(128, 48), torch.randn(48)
+    weight = weight_in_out if layout == "in_out" else weight_in_out.t().contiguous()
+    projection = Projection(weight.to(dtype), bias.to(dtype), layout=layout)
+    seen = []
+    real_linear = torch.nn.functional.linear
+
+    def spy(x, w, b=None):
+        seen.append((torch.backends.mkldnn.enabled, w.shape, w.is_contiguous()))
+        return real_linear(x, w, b)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", spy)
+    x = torch.randn(1, 128)
+    out = projection(x.to(dtype))
+    assert seen == [(False, (48, 128), True)]  # [out, in], PyTorch's own reduced-precision kernel
+    assert torch.backends.mkldnn.enabled
+    torch.testing.assert_close(out.float(), reference(x, weight_in_out, bias), atol=0.5, rtol=0.02)
+
+
+def test_onednn_is_restored_after_an_error():
+    with pytest.raises(RuntimeError), onednn_disabled():
+        assert not torch.backends.mkldnn.enabled
+        raise RuntimeError
+    assert torch.backends.mkldnn.enabled
+
+
+def test_several_rows_compute_exactly_what_conv1d_does():
+    torch.manual_seed(0)
+    conv = Conv1D(24, 16)
+    x = torch.randn(2, 3, 16)
+    assert torch.equal(Projection(conv.weight, conv.bias, layout="in_out")(x), conv(x))
+
+
+def test_fast_twin_shares_weights_and_leaves_the_model_alone(tiny):
+    transformer = tiny.model.transformer
+    twin = with_fast_one_row_projections(transformer)
+    assert twin is not transformer
+    assert not any(isinstance(m, Conv1D) for m in twin.modules())
+    assert sum(isinstance(m, Projection) for m in twin.modules()) == 4 * len(transformer.h)
+    assert all(isinstance(block.attn.c_attn, Conv1D) for block in transformer.h)
+    projection = twin.h[0].attn.c_attn
+    # float32 reads the [in, out] weight as it is: no copy.
+    assert projection.one_row_weight.data_ptr() == transformer.h[0].attn.c_attn.weight.data_ptr()
+    assert twin.wte.weight is transformer.wte.weight
+    ids = torch.tensor([[5, 17, 42, 7]])
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            twin(ids[:, -1:]).last_hidden_state,
+            transformer(ids[:, -1:]).last_hidden_state,
+            atol=1e-5,
+            rtol=1e-5,
+        )
+        assert torch.equal(twin(ids).last_hidden_state, transformer(ids).last_hidden_state)
