@@ -128,6 +128,8 @@ class BenchReport:
     read_bandwidth_bytes_per_s: float
     headline: list[BenchRow] = field(default_factory=list)
     sweep: list[BenchRow] = field(default_factory=list)
+    # The headline again, in another dtype: same weights, same run, same read bandwidth.
+    other_dtype: BenchReport | None = None
 
     def bandwidth_fraction(self, row: BenchRow) -> float:
         return self.weight_bytes * row.decode_tokens_per_s / self.read_bandwidth_bytes_per_s
@@ -152,6 +154,12 @@ class BenchReport:
             ratios[f"cache_vs_no_cache_at_{longest}"] = (
                 cached.decode_tokens_per_s / uncached.decode_tokens_per_s
             )
+        if self.other_dtype is not None:
+            for other in self.other_dtype.headline:
+                ours = self.row(self.headline, other.mode)
+                if ours:
+                    name = f"{other.mode.replace('-', '_')}_{self.other_dtype.dtype}_vs_{self.dtype}"
+                    ratios[name] = other.decode_tokens_per_s / ours.decode_tokens_per_s
         return ratios
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,6 +175,7 @@ class BenchReport:
             "read_bandwidth_bytes_per_s": self.read_bandwidth_bytes_per_s,
             "headline": rows(self.headline),
             "sweep": rows(self.sweep),
+            "other_dtype": self.other_dtype.to_dict() if self.other_dtype else None,
             "ratios": self.ratios(),
         }
 
@@ -213,30 +222,42 @@ def run_bench(
     repeats: int = 3,
     warmup: int = 1,
     on_progress: Callable[[int, str], None] | None = None,
+    other_dtype: LoadedModel | None = None,
 ) -> BenchReport:
     """Headline: every mode, `prompt_tokens` + `new_tokens`. Sweep: every mode at each total
-    length, decoding the last `sweep_new_tokens` of it. `on_progress(cells done, what runs now)`."""
-    report = BenchReport(
-        model=loaded.name,
-        device=str(loaded.device),
-        dtype=str(loaded.dtype).removeprefix("torch."),
-        threads=torch.get_num_threads(),
-        weight_bytes=weight_bytes(loaded),
-        read_bandwidth_bytes_per_s=measure_read_bandwidth(loaded.device),
-    )
-    plans = [(report.headline, prompt_tokens, new_tokens)]
-    plans += [(report.sweep, length - sweep_new_tokens, sweep_new_tokens) for length in lengths]
-    for rows, prompt_length, count in plans:
-        prompt = bench_prompt(loaded, prompt_length)
+    length, decoding the last `sweep_new_tokens` of it. `other_dtype`: the same model in another
+    dtype, whose headline is run too. `on_progress(cells done, what runs now)`."""
+    report = _empty_report(loaded, measure_read_bandwidth(loaded.device))
+
+    def measure(subject: LoadedModel, rows: list[BenchRow], prompt_length: int, count: int) -> None:
+        prompt = bench_prompt(subject, prompt_length)
         options = DecodingOptions(max_new_tokens=count, ignore_eos=True)
         for mode in modes:
             if on_progress:
                 on_progress(0, f"{mode}: {prompt_length} + {count} tokens")
             for _ in range(warmup):
-                generate_text(loaded, prompt, mode, options)
-            with PeakMemory(loaded.device) as memory:
-                runs = [generate_text(loaded, prompt, mode, options) for _ in range(repeats)]
+                generate_text(subject, prompt, mode, options)
+            with PeakMemory(subject.device) as memory:
+                runs = [generate_text(subject, prompt, mode, options) for _ in range(repeats)]
             rows.append(_row(mode, runs, memory.peak_bytes))
             if on_progress:
                 on_progress(1, f"{mode}: done")
+
+    measure(loaded, report.headline, prompt_tokens, new_tokens)
+    for length in lengths:
+        measure(loaded, report.sweep, length - sweep_new_tokens, sweep_new_tokens)
+    if other_dtype is not None:
+        report.other_dtype = _empty_report(other_dtype, report.read_bandwidth_bytes_per_s)
+        measure(other_dtype, report.other_dtype.headline, prompt_tokens, new_tokens)
     return report
+
+
+def _empty_report(loaded: LoadedModel, read_bandwidth_bytes_per_s: float) -> BenchReport:
+    return BenchReport(
+        model=loaded.name,
+        device=str(loaded.device),
+        dtype=str(loaded.dtype).removeprefix("torch."),
+        threads=torch.get_num_threads(),
+        weight_bytes=weight_bytes(loaded),
+        read_bandwidth_bytes_per_s=read_bandwidth_bytes_per_s,
+    )

@@ -390,6 +390,14 @@ def bench(
     warmup: Annotated[int, typer.Option(help="Unmeasured runs before each cell.")] = 1,
     device: DeviceOption = None,
     dtype: DtypeOption = None,
+    compare_dtype: Annotated[
+        Dtype | None,
+        typer.Option(
+            help="Also run the headline in this dtype, from the same weights, and report each "
+            "mode's decode speed-up over --dtype.",
+            metavar="DTYPE",
+        ),
+    ] = None,
     plot: Annotated[
         Path | None,
         typer.Option(
@@ -419,7 +427,13 @@ def bench(
     loaded = _load(model, device, dtype or _DEFAULTS["dtype"], fallback, arch)
     if max(sweep) > loaded.context_length or prompt_tokens + new_tokens > loaded.context_length:
         raise GencliError(f"lengths must fit the model's context of {loaded.context_length} tokens")
-    with render.progress(len(chosen) * (len(sweep) + 1), "bench") as advance:
+    other = None
+    if compare_dtype is not None:
+        other = _load(model, device, compare_dtype, fallback, arch)
+        if other.dtype == loaded.dtype:
+            raise GencliError(f"--compare-dtype {compare_dtype} is what --dtype runs already; pick another")
+    cells = len(chosen) * (len(sweep) + 1 + (other is not None))
+    with render.progress(cells, "bench") as advance:
         report = run_bench(
             loaded,
             chosen,
@@ -430,6 +444,7 @@ def bench(
             repeats,
             warmup,
             on_progress=advance,
+            other_dtype=other,
         )
     if as_json:
         render.print_json(report.to_dict())

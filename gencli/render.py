@@ -309,6 +309,12 @@ def print_comparison(comparison: Comparison, tokenizer: Any, console: Console) -
             else "not a near-tie: look for a bug"
         )
         console.print(f"logit margin between them: {divergence.logit_margin:.2e} ({verdict})")
+    dtype = next(iter(comparison.results.values())).dtype
+    if dtype in ("bfloat16", "float16"):
+        console.print(
+            f"in {dtype} every sum keeps only a few significant digits, so modes that add in a different "
+            "order can part at close calls, even Hugging Face's own; check agreement with --dtype float32"
+        )
 
 
 @contextlib.contextmanager
@@ -357,6 +363,9 @@ def print_bench(report: BenchReport, console: Console) -> None:
     console.print(_bench_table("Headline run (medians)", report, report.headline))
     if report.sweep:
         console.print(_bench_table("By total length (medians)", report, report.sweep))
+    if report.other_dtype:
+        title = f"Headline run in {report.other_dtype.dtype} (medians)"
+        console.print(_bench_table(title, report.other_dtype, report.other_dtype.headline))
     console.print(
         "tok/s: decode tokens/s; BW: weight bytes x tok/s as a share of the measured read bandwidth; "
         "peak MiB: memory above the level before the runs",

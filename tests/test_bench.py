@@ -35,6 +35,29 @@ def test_bench_json_and_plot(tiny_model_dir, tmp_path):
     assert plot.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_compare_dtype_runs_the_headline_again_in_that_dtype(tiny_model_dir):
+    args = ["bench", "--model", str(tiny_model_dir), *SMALL, "--modes", "generate", "--modes", "kv-cache"]
+    result = runner.invoke(app, [*args, "--repeats", "1", "--compare-dtype", "bfloat16", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    other = report["other_dtype"]
+    assert report["dtype"] == "float32" and other["dtype"] == "bfloat16"
+    assert other["weight_bytes"] * 2 == report["weight_bytes"]
+    assert other["read_bandwidth_bytes_per_s"] == report["read_bandwidth_bytes_per_s"]
+    assert [row["mode"] for row in other["headline"]] == ["generate", "kv-cache"] and other["sweep"] == []
+    for mode, key in (("generate", "generate"), ("kv-cache", "kv_cache")):
+        ours = next(r for r in report["headline"] if r["mode"] == mode)["decode_tokens_per_s"]
+        theirs = next(r for r in other["headline"] if r["mode"] == mode)["decode_tokens_per_s"]
+        assert report["ratios"][f"{key}_bfloat16_vs_float32"] == pytest.approx(theirs / ours)
+    table = runner.invoke(app, [*args, "--repeats", "1", "--warmup", "0", "--compare-dtype", "bfloat16"])
+    assert "Headline run in bfloat16" in table.stdout and "kv cache bfloat16 vs float32" in table.stdout
+
+
+def test_compare_dtype_must_differ(tiny_model_dir):
+    result = runner.invoke(app, ["bench", "--model", str(tiny_model_dir), "--compare-dtype", "float32"])
+    assert result.exit_code == 2 and "is what --dtype runs already" in result.stderr
+
+
 def test_bench_table_and_arch(tiny_model_dir):
     args = ["bench", "--arch", "gpt2", "--modes", "kv-cache", "--lengths", "12", "--prompt-tokens", "4"]
     result = runner.invoke(app, [*args, "--new-tokens", "2", "--sweep-new-tokens", "2", "--repeats", "1"])

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -27,16 +28,20 @@ def test_json_and_sampling_share_one_seed(tiny_model_dir):
     assert len(seeds) == 1 and None not in seeds
 
 
-def test_disagreement_is_located_with_its_margin(tiny, tiny_model_dir, monkeypatch):
+@pytest.fixture
+def scratch_goes_astray(monkeypatch):
     real = compare.generate_text
 
-    def scratch_goes_astray(loaded, prompt, mode, options, *args, **kwargs):
+    def fourth_token_is_a_comma(loaded, prompt, mode, options, *args, **kwargs):
         result = real(loaded, prompt, mode, options, *args, **kwargs)
         if mode == "scratch":
             result.token_ids[3] = 11  # ","
         return result
 
-    monkeypatch.setattr(compare, "generate_text", scratch_goes_astray)
+    monkeypatch.setattr(compare, "generate_text", fourth_token_is_a_comma)
+
+
+def test_disagreement_is_located_with_its_margin(tiny, tiny_model_dir, scratch_goes_astray):
     result = runner.invoke(
         app, ["compare", "Hello world", "--model", str(tiny_model_dir), "-n", "8", "--json"]
     )
@@ -53,6 +58,15 @@ def test_disagreement_is_located_with_its_margin(tiny, tiny_model_dir, monkeypat
     assert divergence["near_tie"] is False
     table = runner.invoke(app, ["compare", "Hello world", "--model", str(tiny_model_dir), "-n", "8"])
     assert "modes disagree at new token 3" in table.stdout and "not a near-tie" in table.stdout
+    assert "--dtype float32" not in table.stdout
+
+
+def test_disagreement_in_bfloat16_points_to_float32(tiny_model_dir, scratch_goes_astray):
+    args = ["compare", "Hello world", "--model", str(tiny_model_dir), "-n", "8", "--dtype", "bfloat16"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert "in bfloat16 every sum keeps only a few significant digits" in " ".join(result.stdout.split())
+    assert "check agreement with --dtype float32" in " ".join(result.stdout.split())
 
 
 def test_stopped_early_counts_as_divergence(tiny):

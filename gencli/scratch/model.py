@@ -12,17 +12,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from gencli.gemv import Projection
 from gencli.scratch.attention import KVCache, MultiHeadSelfAttention
 
 SUPPORTED_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
-
-
-def prefers_embedding_columns(weight: torch.Tensor) -> bool:
-    """Whether logits = hidden · Wᵀ run faster on a contiguous [n_embd, vocab] copy of W.
-
-    Measured on this project's CPU for GPT-2's 50,257 x 768 head: float32 12.2 ms as Wᵀ, 7.4 ms
-    from the copy; bfloat16 5.1 vs 4.8 ms; float16 2.5 vs 106 ms. So: CPU float32 only."""
-    return weight.device.type == "cpu" and weight.dtype == torch.float32
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -90,8 +83,7 @@ class ScratchGPT2(nn.Module):
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
-        self._embedding_columns: torch.Tensor | None = None
-        self._embedding_storage: int | None = None
+        self._head: Projection | None = None
 
     def new_cache(self, batch: int, max_length: int) -> ScratchCache:
         weight = self.wte.weight
@@ -124,16 +116,13 @@ class ScratchGPT2(nn.Module):
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits = hidden · wteᵀ: the LM head is the token embedding (weight tying).
 
-        On CPU in float32 the product runs on a contiguous [n_embd, vocab] copy of the embedding,
-        which streams about twice as fast as the transposed view. The copy is remade when
-        `wte.weight` is replaced (this is an inference model: its weights are not edited in place)."""
+        The product is a `gencli.gemv.Projection`, whose one-row path (a decode step) streams the
+        embedding at memory bandwidth. It is made once, and again when `wte.weight` is replaced
+        (this is an inference model: its weights are not edited in place)."""
         weight = self.wte.weight
-        if not prefers_embedding_columns(weight):
-            return hidden @ weight.t()
-        if self._embedding_storage != weight.data_ptr():
-            self._embedding_columns = weight.detach().t().contiguous()
-            self._embedding_storage = weight.data_ptr()
-        return hidden @ self._embedding_columns
+        if self._head is None or self._head.weight.data_ptr() != weight.data_ptr():
+            self._head = Projection(weight, layout="out_in")
+        return self._head(hidden)
 
     @classmethod
     def from_hf(cls, hf_model: nn.Module) -> ScratchGPT2:
