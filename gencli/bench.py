@@ -125,11 +125,17 @@ class BenchReport:
     dtype: str
     threads: int
     weight_bytes: int
-    read_bandwidth_bytes_per_s: float
+    # Measured before every cell: the machine's bandwidth drifts with its neighbours' load
+    # (26 to 47 GB/s between runs here), so the roofline is the median over the whole run.
+    read_bandwidth_samples: list[float]
     headline: list[BenchRow] = field(default_factory=list)
     sweep: list[BenchRow] = field(default_factory=list)
     # The headline again, in another dtype: same weights, same run, same read bandwidth.
     other_dtype: BenchReport | None = None
+
+    @property
+    def read_bandwidth_bytes_per_s(self) -> float:
+        return statistics.median(self.read_bandwidth_samples)
 
     def bandwidth_fraction(self, row: BenchRow) -> float:
         return self.weight_bytes * row.decode_tokens_per_s / self.read_bandwidth_bytes_per_s
@@ -173,6 +179,7 @@ class BenchReport:
             "threads": self.threads,
             "weight_bytes": self.weight_bytes,
             "read_bandwidth_bytes_per_s": self.read_bandwidth_bytes_per_s,
+            "read_bandwidth_samples": self.read_bandwidth_samples,
             "headline": rows(self.headline),
             "sweep": rows(self.sweep),
             "other_dtype": self.other_dtype.to_dict() if self.other_dtype else None,
@@ -227,7 +234,8 @@ def run_bench(
     """Headline: every mode, `prompt_tokens` + `new_tokens`. Sweep: every mode at each total
     length, decoding the last `sweep_new_tokens` of it. `other_dtype`: the same model in another
     dtype, whose headline is run too. `on_progress(cells done, what runs now)`."""
-    report = _empty_report(loaded, measure_read_bandwidth(loaded.device))
+    bandwidth_samples: list[float] = []
+    report = _empty_report(loaded, bandwidth_samples)
 
     def measure(subject: LoadedModel, rows: list[BenchRow], prompt_length: int, count: int) -> None:
         prompt = bench_prompt(subject, prompt_length)
@@ -235,6 +243,7 @@ def run_bench(
         for mode in modes:
             if on_progress:
                 on_progress(0, f"{mode}: {prompt_length} + {count} tokens")
+            bandwidth_samples.append(measure_read_bandwidth(subject.device))
             for _ in range(warmup):
                 generate_text(subject, prompt, mode, options)
             with PeakMemory(subject.device) as memory:
@@ -247,17 +256,17 @@ def run_bench(
     for length in lengths:
         measure(loaded, report.sweep, length - sweep_new_tokens, sweep_new_tokens)
     if other_dtype is not None:
-        report.other_dtype = _empty_report(other_dtype, report.read_bandwidth_bytes_per_s)
+        report.other_dtype = _empty_report(other_dtype, bandwidth_samples)
         measure(other_dtype, report.other_dtype.headline, prompt_tokens, new_tokens)
     return report
 
 
-def _empty_report(loaded: LoadedModel, read_bandwidth_bytes_per_s: float) -> BenchReport:
+def _empty_report(loaded: LoadedModel, read_bandwidth_samples: list[float]) -> BenchReport:
     return BenchReport(
         model=loaded.name,
         device=str(loaded.device),
         dtype=str(loaded.dtype).removeprefix("torch."),
         threads=torch.get_num_threads(),
         weight_bytes=weight_bytes(loaded),
-        read_bandwidth_bytes_per_s=read_bandwidth_bytes_per_s,
+        read_bandwidth_samples=read_bandwidth_samples,
     )

@@ -354,10 +354,12 @@ def _bench_table(title: str, report: BenchReport, rows: list[BenchRow]) -> Table
 
 
 def print_bench(report: BenchReport, console: Console) -> None:
-    bandwidth = report.read_bandwidth_bytes_per_s / 1e9
+    samples = [sample / 1e9 for sample in report.read_bandwidth_samples]
     console.print(
         f"{report.model} · {report.device} {report.dtype} · {report.threads} threads · "
-        f"weights {_human_bytes(report.weight_bytes)} · measured read bandwidth {bandwidth:.1f} GB/s",
+        f"weights {_human_bytes(report.weight_bytes)} · measured read bandwidth "
+        f"{report.read_bandwidth_bytes_per_s / 1e9:.1f} GB/s "
+        f"(median of {len(samples)}, one before each cell: {min(samples):.1f}-{max(samples):.1f})",
         soft_wrap=True,
     )
     console.print(_bench_table("Headline run (medians)", report, report.headline))
