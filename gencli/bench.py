@@ -125,7 +125,7 @@ class BenchReport:
     dtype: str
     threads: int
     weight_bytes: int
-    # Measured before every cell: the machine's bandwidth drifts with its neighbours' load
+    # Measured before every round of runs: the machine's bandwidth drifts with its neighbours' load
     # (26 to 47 GB/s between runs here), so the roofline is the median over the whole run.
     read_bandwidth_samples: list[float]
     headline: list[BenchRow] = field(default_factory=list)
@@ -233,31 +233,47 @@ def run_bench(
 ) -> BenchReport:
     """Headline: every mode, `prompt_tokens` + `new_tokens`. Sweep: every mode at each total
     length, decoding the last `sweep_new_tokens` of it. `other_dtype`: the same model in another
-    dtype, whose headline is run too. `on_progress(cells done, what runs now)`."""
+    dtype, whose headline runs alongside. `on_progress(runs done, what runs now)`.
+
+    Within a cell the repeats take turns across modes (and dtypes), so a change in the machine's
+    load mid-cell slows them all alike and the ratios between them hold."""
     bandwidth_samples: list[float] = []
     report = _empty_report(loaded, bandwidth_samples)
-
-    def measure(subject: LoadedModel, rows: list[BenchRow], prompt_length: int, count: int) -> None:
-        prompt = bench_prompt(subject, prompt_length)
-        options = DecodingOptions(max_new_tokens=count, ignore_eos=True)
-        for mode in modes:
-            if on_progress:
-                on_progress(0, f"{mode}: {prompt_length} + {count} tokens")
-            bandwidth_samples.append(measure_read_bandwidth(subject.device))
-            for _ in range(warmup):
-                generate_text(subject, prompt, mode, options)
-            with PeakMemory(subject.device) as memory:
-                runs = [generate_text(subject, prompt, mode, options) for _ in range(repeats)]
-            rows.append(_row(mode, runs, memory.peak_bytes))
-            if on_progress:
-                on_progress(1, f"{mode}: done")
-
-    measure(loaded, report.headline, prompt_tokens, new_tokens)
-    for length in lengths:
-        measure(loaded, report.sweep, length - sweep_new_tokens, sweep_new_tokens)
+    headline: list[tuple[LoadedModel, list[BenchRow]]] = [(loaded, report.headline)]
     if other_dtype is not None:
         report.other_dtype = _empty_report(other_dtype, bandwidth_samples)
-        measure(other_dtype, report.other_dtype.headline, prompt_tokens, new_tokens)
+        headline.append((other_dtype, report.other_dtype.headline))
+
+    def measure(subjects: list[tuple[LoadedModel, list[BenchRow]]], prompt_length: int, count: int) -> None:
+        options = DecodingOptions(max_new_tokens=count, ignore_eos=True)
+        cells = [
+            (subject, rows, mode, bench_prompt(subject, prompt_length))
+            for subject, rows in subjects
+            for mode in modes
+        ]
+        if on_progress:
+            on_progress(0, f"warm-up: {prompt_length} + {count} tokens")
+        for subject, _, mode, prompt in cells:
+            for _ in range(warmup):
+                generate_text(subject, prompt, mode, options)
+        runs: list[list[GenerationResult]] = [[] for _ in cells]
+        peaks: list[list[int | None]] = [[] for _ in cells]
+        for _ in range(repeats):
+            bandwidth_samples.append(measure_read_bandwidth(loaded.device))
+            for index, (subject, _, mode, prompt) in enumerate(cells):
+                if on_progress:
+                    on_progress(0, f"{mode}: {prompt_length} + {count} tokens")
+                with PeakMemory(subject.device) as memory:
+                    runs[index].append(generate_text(subject, prompt, mode, options))
+                peaks[index].append(memory.peak_bytes)
+                if on_progress:
+                    on_progress(1, f"{mode}: done")
+        for (_, rows, mode, _), cell_runs, cell_peaks in zip(cells, runs, peaks, strict=True):
+            rows.append(_row(mode, cell_runs, None if None in cell_peaks else max(cell_peaks)))
+
+    measure(headline, prompt_tokens, new_tokens)
+    for length in lengths:
+        measure([(loaded, report.sweep)], length - sweep_new_tokens, sweep_new_tokens)
     return report
 
 

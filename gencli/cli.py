@@ -432,8 +432,8 @@ def bench(
         other = _load(model, device, compare_dtype, fallback, arch)
         if other.dtype == loaded.dtype:
             raise GencliError(f"--compare-dtype {compare_dtype} is what --dtype runs already; pick another")
-    cells = len(chosen) * (len(sweep) + 1 + (other is not None))
-    with render.progress(cells, "bench") as advance:
+    runs = len(chosen) * repeats * (len(sweep) + 1 + (other is not None))
+    with render.progress(runs, "bench") as advance:
         report = run_bench(
             loaded,
             chosen,

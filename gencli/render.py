@@ -359,7 +359,7 @@ def print_bench(report: BenchReport, console: Console) -> None:
         f"{report.model} · {report.device} {report.dtype} · {report.threads} threads · "
         f"weights {_human_bytes(report.weight_bytes)} · measured read bandwidth "
         f"{report.read_bandwidth_bytes_per_s / 1e9:.1f} GB/s "
-        f"(median of {len(samples)}, one before each cell: {min(samples):.1f}-{max(samples):.1f})",
+        f"(median of {len(samples)}, one before each round of runs: {min(samples):.1f}-{max(samples):.1f})",
         soft_wrap=True,
     )
     console.print(_bench_table("Headline run (medians)", report, report.headline))
