@@ -429,9 +429,11 @@ def bench(
         raise GencliError(f"lengths must fit the model's context of {loaded.context_length} tokens")
     other = None
     if compare_dtype is not None:
-        other = _load(model, device, compare_dtype, fallback, arch)
-        if other.dtype == loaded.dtype:
+        from gencli.loading import resolve_dtype
+
+        if resolve_dtype(compare_dtype, loaded.device) == loaded.dtype:
             raise GencliError(f"--compare-dtype {compare_dtype} is what --dtype runs already; pick another")
+        other = _load(model, device, compare_dtype, fallback, arch)
     runs = len(chosen) * repeats * (len(sweep) + 1 + (other is not None))
     with render.progress(runs, "bench") as advance:
         report = run_bench(
