@@ -8,22 +8,20 @@ record with its line number and the others go on.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers.cache_utils import DynamicCache
 
-from gencli.config import DecodingOptions, check_type, validate
 from gencli.errors import GencliError
 from gencli.generation import build_stopping_criteria, encode_prompt, finish_reason, stopping_eos
 from gencli.loading import LoadedModel
 from gencli.sampling import build_logits_processors, select_next_token
-
-LINE_OPTIONS = {f.name for f in dataclasses.fields(DecodingOptions)}
+from gencli.settings import DECODING_KEYS, DecodingOptions, UnknownSettingError, check_values
 
 
 @dataclass(frozen=True)
@@ -45,13 +43,12 @@ def parse_line(line: int, text: str, defaults: DecodingOptions) -> BatchItem:
     prompt = record.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise GencliError("'prompt' must be a non-empty string")
-    unknown = sorted(set(record) - LINE_OPTIONS - {"prompt", "id"})
+    unknown = set(record) - set(DECODING_KEYS) - {"prompt", "id"}
     if unknown:
-        raise GencliError(f"unknown key(s) {', '.join(map(repr, unknown))}")
-    overrides = {key: check_type(key, value, "line") for key, value in record.items() if key in LINE_OPTIONS}
-    validate(overrides, lambda key: f"'{key}'")
+        raise UnknownSettingError(unknown, "the line", ("prompt", "id", *DECODING_KEYS))
+    overrides = check_values({key: value for key, value in record.items() if key in DECODING_KEYS})
     item_id = record.get("id", line)
-    return BatchItem(line, str(item_id), prompt, dataclasses.replace(defaults, **overrides))
+    return BatchItem(line, str(item_id), prompt, defaults.model_copy(update=overrides))
 
 
 def error_record(line: int, item_id: str | None, message: str) -> dict[str, Any]:
@@ -68,9 +65,9 @@ def decode_batch(loaded: LoadedModel, items: list[BatchItem]) -> list[dict[str, 
     input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
     attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     padding = torch.tensor([width - len(p) for p in prompts], device=device)
-    processors = build_logits_processors(options, padding_lengths=padding)
-    stopping = build_stopping_criteria(loaded, width, options)
     eos = stopping_eos(loaded, options)
+    processors = build_logits_processors(options, width, eos, padding_lengths=padding, device=device)
+    stopping = build_stopping_criteria(loaded, width, options)
     if options.seed is not None:
         torch.manual_seed(options.seed)
 
@@ -110,6 +107,22 @@ def decode_batch(loaded: LoadedModel, items: list[BatchItem]) -> list[dict[str, 
             }
         )
     return results
+
+
+def finished_ids(output: Path) -> set[str]:
+    """Ids with a result in `output`, for `--resume`; the file is rewritten without the rest
+    (errors are retried, and a last line cut short by an interruption is dropped)."""
+    kept, ids = [], set()
+    for line in output.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "error" not in record and record.get("id") is not None:
+            kept.append(line)
+            ids.add(str(record["id"]))
+    output.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    return ids
 
 
 def run_batch(

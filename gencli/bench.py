@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from gencli.config import MODES, DecodingOptions
 from gencli.generation import GenerationResult, generate_text
 from gencli.loading import LoadedModel
+from gencli.settings import MODES, DecodingOptions
 
 LENGTHS = (64, 256, 512, 1024)
 
@@ -217,6 +217,11 @@ def bench_prompt(loaded: LoadedModel, length: int, seed: int = 0) -> list[int]:
     """Random token ids: the cost of a forward pass does not depend on which tokens they are."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, loaded.model.config.vocab_size, (length,), generator=generator).tolist()
+
+
+def count_runs(modes: tuple[str, ...], lengths: tuple[int, ...], repeats: int, other_dtype: bool) -> int:
+    """Measured runs a `run_bench` call makes, for its progress bar."""
+    return len(modes) * repeats * (len(lengths) + 1 + other_dtype)
 
 
 def run_bench(

@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from gencli.config import MODES, DecodingOptions
 from gencli.generation import GenerationResult, generate_text
 from gencli.loading import LoadedModel
+from gencli.settings import MODES, DecodingOptions
 
 # A margin this small between two tokens' logits is within float rounding of a tie.
 NEAR_TIE = 1e-3
@@ -90,6 +90,6 @@ def compare_modes(
 ) -> Comparison:
     if options.samples and options.seed is None:
         # Every mode must draw from the same random stream: fix one seed for all of them.
-        options = dataclasses.replace(options, seed=random.SystemRandom().randrange(2**32))
+        options = options.model_copy(update={"seed": random.SystemRandom().randrange(2**32)})
     results = {mode: generate_text(loaded, prompt, mode, options) for mode in modes}
     return Comparison(results, find_divergence(loaded, results))

@@ -23,10 +23,10 @@ from transformers.generation.streamers import BaseStreamer, TextStreamer
 
 from gencli import prompt_cache as prompt_cache_files
 from gencli.cache import CacheSnapshot, snapshot_cache
-from gencli.config import DecodingOptions, check_prompt
 from gencli.engines import ENGINES, DecodeRequest
 from gencli.errors import GencliError
 from gencli.loading import LoadedModel
+from gencli.settings import DecodingOptions, check_prompt
 
 FinishReason = Literal["eos", "length", "stop", "interrupted"]
 CacheInspection = Literal["ends", "steps"]
@@ -42,10 +42,15 @@ class PromptCacheFile:
 
 @dataclass
 class Timings:
-    """Seconds from the start of generation; `token_times_s` holds when each new token was chosen."""
+    """Seconds from the start of generation; `token_times_s` holds when each new token was chosen.
+
+    `load_s` (loading the model) and `total_s` (the whole command, start-up included) are filled
+    in by whoever knows them: the model's loader and the command."""
 
     prefill_s: float | None = None
     token_times_s: list[float] = field(default_factory=list)
+    load_s: float | None = None
+    total_s: float | None = None
 
     @property
     def ttft_s(self) -> float | None:
@@ -65,10 +70,12 @@ class Timings:
 
     def to_dict(self) -> dict[str, float | None]:
         return {
+            "load_s": self.load_s,
             "prefill_s": self.prefill_s,
             "decode_s": self.decode_s,
             "ttft_s": self.ttft_s,
             "tokens_per_s": self.tokens_per_s,
+            "total_s": self.total_s,
         }
 
 
@@ -312,7 +319,9 @@ def generate_text(
             token_ids=list(new_ids),
             text=loaded.tokenizer.decode(new_ids, skip_special_tokens=True),
             finish_reason=reason,
-            timings=Timings(prefill_s=timer.prefill_s, token_times_s=streamer.token_times_s),
+            timings=Timings(
+                prefill_s=timer.prefill_s, token_times_s=streamer.token_times_s, load_s=loaded.load_s
+            ),
             seed=seed,
             device=str(loaded.device),
             dtype=str(loaded.dtype).removeprefix("torch."),

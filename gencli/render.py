@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from gencli.cache import CacheSnapshot
-from gencli.catalog import ModelEntry
+from gencli.catalog import ModelDescription, ModelEntry
 from gencli.errors import GencliError
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from gencli.generation import GenerationResult
     from gencli.scratch.probe import AttentionMap
     from gencli.scratch.verify import VerifyReport
+    from gencli.settings import ResolvedSettings
 
 
 def stderr_console() -> Console:
@@ -62,22 +63,83 @@ def print_json(data: Any) -> None:
 
 
 def print_models(entries: list[ModelEntry], console: Console) -> None:
-    table = Table(title="Models gencli can use here", title_justify="left")
-    for column in ("name", "source", "type", "parameters", "size", "path"):
-        table.add_column(column, justify="right" if column in ("parameters", "size") else "left")
-    for entry in entries:
-        parameters = "-" if entry.parameters is None else f"{entry.parameters / 1e6:.1f}M"
-        table.add_row(
-            entry.name,
-            entry.source,
-            entry.model_type or "-",
-            parameters,
-            _human_bytes(entry.size_bytes),
-            entry.path,
+    """Models gencli can run, then the others apart with the reason; paths wrap, never cut."""
+    runnable = [entry for entry in entries if entry.runnable]
+    others = [entry for entry in entries if not entry.runnable]
+    table = Table(title="Models gencli can run here", title_justify="left")
+    for column in ("name", "source", "parameters", "size", "path"):
+        table.add_column(
+            column,
+            justify="right" if column in ("parameters", "size") else "left",
+            overflow="fold",
+            no_wrap=column != "path",
         )
+    for entry in runnable:
+        parameters = "-" if entry.parameters is None else f"{entry.parameters / 1e6:.1f}M"
+        table.add_row(entry.name, entry.source, parameters, _human_bytes(entry.size_bytes), entry.path)
     console.print(table)
-    if not any(entry.source == "hub cache" for entry in entries):
-        console.print("No hub models in the local Hugging Face cache.")
+    if not any(entry.source == "hub cache" for entry in runnable):
+        console.print("No runnable hub models in the local Hugging Face cache (gencli pull MODEL adds one).")
+    if others:
+        table = Table(title="Cached models gencli cannot run", title_justify="left")
+        for column in ("name", "reason", "path"):
+            table.add_column(column, overflow="fold")
+        for entry in others:
+            table.add_row(entry.name, entry.reason or "", entry.path)
+        console.print(table)
+
+
+def print_model_description(description: ModelDescription, console: Console) -> None:
+    entry = description.entry
+    rows = [
+        ("name", entry.name),
+        ("source", entry.source),
+        ("path", entry.path),
+        ("runs here", "yes" if entry.runnable else f"no: {entry.reason}"),
+        ("architecture", description.architecture or entry.model_type or "-"),
+        ("layers / heads / width", f"{description.layers} / {description.heads} / {description.width}"),
+        ("parameters", "-" if entry.parameters is None else f"{entry.parameters:,}"),
+        ("context", f"{description.context_length} tokens"),
+        ("vocabulary", f"{description.vocab_size} tokens"),
+        ("dtype", description.dtype or "- (float32)"),
+        ("size on disk", _human_bytes(entry.size_bytes)),
+        ("tokenizer", description.tokenizer),
+        ("generation config", json.dumps(description.generation_config, ensure_ascii=False) or "{}"),
+    ]
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    for name, value in rows:
+        table.add_row(name, escape(str(value)))
+    console.print(table)
+
+
+def print_settings(resolved: ResolvedSettings, console: Console) -> None:
+    table = Table(title="Effective settings", title_justify="left")
+    for column in ("key", "value", "source"):
+        table.add_column(column, overflow="fold")
+    for key, value in resolved.settings.model_dump(mode="json").items():
+        table.add_row(key, escape(json.dumps(value, ensure_ascii=False)), escape(resolved.origins[key]))
+    console.print(table)
+    if resolved.ignored_checkpoint_keys:
+        ignored = ", ".join(resolved.ignored_checkpoint_keys)
+        console.print(f"Ignored from the checkpoint (not the same in every mode): {ignored}")
+
+
+def print_history(runs: list[dict[str, Any]], console: Console) -> None:
+    if not runs:
+        console.print("No runs recorded yet.")
+        return
+    for run in runs:
+        count = len(run.get("token_ids") or [])
+        console.print(
+            f"[bold]{run.get('time', '?')}[/bold]  {escape(str(run.get('model')))} · {run.get('mode')} · "
+            f"{count} new tokens ({run.get('finish_reason')})",
+            soft_wrap=True,
+        )
+        console.print(escape(str(run.get("prompt", ""))), style="dim", soft_wrap=True)
+        console.print(escape(str(run.get("text", ""))), soft_wrap=True)
+        console.print()
 
 
 def _format_seconds(value: float | None) -> str:
@@ -92,7 +154,8 @@ def print_stats(result: GenerationResult, console: Console) -> None:
         f"[dim]{result.mode} · {len(result.prompt_token_ids)} prompt tokens{reused} · "
         f"{len(result.token_ids)} new tokens ({result.finish_reason}) · "
         f"prefill {_format_seconds(timings.prefill_s)} · first token {_format_seconds(timings.ttft_s)} · "
-        f"decode {speed} · {result.device} {result.dtype}[/dim]",
+        f"decode {speed} · load {_format_seconds(timings.load_s)} · "
+        f"total {_format_seconds(timings.total_s)} · {result.device} {result.dtype}[/dim]",
         soft_wrap=True,
     )
 

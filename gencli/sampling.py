@@ -1,7 +1,8 @@
 """Logits processing and token selection shared by every mode.
 
 The manual loops use Hugging Face's own logits processors, in the order `generate` builds them
-(repetition penalty, n-gram blocking, then temperature, top-k, top-p), and pick the next token
+(repetition penalty, n-gram blocking, minimum length, suppressed tokens, then the sampling
+warpers: temperature, top-k, top-p, min-p, typical-p, epsilon and eta cutoffs), and pick the next token
 with the same calls `generate` makes (`softmax` + `multinomial`, or `argmax`). With the same seed,
 the random stream is consumed identically, so all modes produce the same tokens.
 """
@@ -12,21 +13,35 @@ from typing import Any
 
 import torch
 from transformers import (
+    EpsilonLogitsWarper,
+    EtaLogitsWarper,
     LogitsProcessorList,
+    MinNewTokensLengthLogitsProcessor,
+    MinPLogitsWarper,
     NoRepeatNGramLogitsProcessor,
     RepetitionPenaltyLogitsProcessor,
+    SuppressTokensLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
+    TypicalLogitsWarper,
 )
 
-from gencli.config import DecodingOptions
+from gencli.settings import DecodingOptions
 
 
 def build_logits_processors(
-    options: DecodingOptions, padding_lengths: torch.Tensor | None = None
+    options: DecodingOptions,
+    prompt_length: int,
+    eos_token_id: int | None,
+    padding_lengths: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
 ) -> LogitsProcessorList:
-    """`padding_lengths` ([batch]): left-padding tokens per row, which the penalty must ignore."""
+    """The processors `generate` builds for `options`, in its order.
+
+    `prompt_length`: prompt positions (padded width in a batch), which `min_new_tokens` skips;
+    `eos_token_id`: the token `min_new_tokens` holds back (None: nothing stops at EOS);
+    `padding_lengths` ([batch]): left-padding tokens per row, which the penalty must ignore."""
     processors = LogitsProcessorList()
     if options.repetition_penalty != 1.0:
         processors.append(
@@ -36,6 +51,14 @@ def build_logits_processors(
         )
     if options.no_repeat_ngram_size > 0:
         processors.append(NoRepeatNGramLogitsProcessor(options.no_repeat_ngram_size))
+    if options.min_new_tokens > 0 and eos_token_id is not None:
+        processors.append(
+            MinNewTokensLengthLogitsProcessor(
+                prompt_length, options.min_new_tokens, eos_token_id, device=device
+            )
+        )
+    if options.suppress_tokens:
+        processors.append(SuppressTokensLogitsProcessor(list(options.suppress_tokens), device=device))
     if options.samples:
         if options.temperature != 1.0:
             processors.append(TemperatureLogitsWarper(float(options.temperature)))
@@ -43,17 +66,31 @@ def build_logits_processors(
             processors.append(TopKLogitsWarper(top_k=options.top_k))
         if options.top_p < 1.0:
             processors.append(TopPLogitsWarper(top_p=float(options.top_p)))
+        if options.min_p > 0:
+            processors.append(MinPLogitsWarper(min_p=float(options.min_p)))
+        if options.typical_p < 1.0:
+            processors.append(TypicalLogitsWarper(mass=float(options.typical_p)))
+        if options.epsilon_cutoff > 0:
+            processors.append(EpsilonLogitsWarper(epsilon=float(options.epsilon_cutoff)))
+        if options.eta_cutoff > 0:
+            processors.append(EtaLogitsWarper(epsilon=float(options.eta_cutoff), device=device))
     return processors
 
 
 def generate_kwargs(options: DecodingOptions) -> dict[str, Any]:
     """Arguments that make `model.generate` build exactly `build_logits_processors(options)`.
 
-    Every value is explicit: a value left out would be filled from the checkpoint's
-    generation_config or from HF's global defaults (top_k=50), and the modes would drift apart.
+    Every value is explicit: a value left out would be filled from HF's global defaults
+    (top_k=50), and the modes would drift apart.
     """
     return {
         "do_sample": options.samples,
+        "min_new_tokens": options.min_new_tokens or None,
+        "suppress_tokens": list(options.suppress_tokens) or None,
+        "min_p": float(options.min_p) if options.samples and options.min_p > 0 else None,
+        "typical_p": float(options.typical_p) if options.samples else 1.0,
+        "epsilon_cutoff": float(options.epsilon_cutoff) if options.samples else 0.0,
+        "eta_cutoff": float(options.eta_cutoff) if options.samples else 0.0,
         "repetition_penalty": float(options.repetition_penalty),
         "no_repeat_ngram_size": options.no_repeat_ngram_size,
         "temperature": float(options.temperature) if options.samples else 1.0,

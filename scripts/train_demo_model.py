@@ -186,6 +186,10 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     model.half().save_pretrained(args.out)
+    # `dtype` in config.json is what `--dtype auto` loads (as in Hugging Face): float32, because
+    # CPUs have no fast float16 kernels. The file stores float16 only to halve its size.
+    config_file = args.out / "config.json"
+    config_file.write_text(config_file.read_text().replace('"dtype": "float16"', '"dtype": "float32"'))
     tokenizer.save_pretrained(args.out)
     facts = {
         "parameters": parameters,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +29,18 @@ def save_tiny_model(folder: Path, with_tokenizer: bool = True, seed: int = 0) ->
     if with_tokenizer:
         AutoTokenizer.from_pretrained(str(BUNDLED_TOKENIZER)).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(autouse=True)
+def user_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own empty config and data directories and no GENCLI_* variables, so
+    neither the developer's settings nor the history leak in or out."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "user-config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "user-data"))
+    for name in os.environ:
+        if name.startswith("GENCLI_"):
+            monkeypatch.delenv(name)
+    return tmp_path
 
 
 @pytest.fixture(scope="session")

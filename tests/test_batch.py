@@ -5,8 +5,8 @@ from typer.testing import CliRunner
 
 from gencli.batch import run_batch
 from gencli.cli import app
-from gencli.config import DecodingOptions
 from gencli.generation import generate_text
+from gencli.settings import DecodingOptions
 from tests.engines.test_agreement import first_new_token_index
 
 runner = CliRunner()
@@ -78,7 +78,7 @@ def test_bad_lines_get_error_records_and_the_rest_go_on(tiny):
     errors = {r["line"]: r["error"] for r in records if "error" in r}
     assert "not valid JSON" in errors[2] and "not a JSON object" in errors[3]
     assert "'prompt' must be a non-empty string" in errors[4] and "unknown key(s) 'colour'" in errors[5]
-    assert "'top_p' must be in (0, 1]" in errors[6] and "duplicate id 'ok'" in errors[7]
+    assert "'top_p' must be a number in (0, 1]" in errors[6] and "duplicate id 'ok'" in errors[7]
     assert "exceeds the model's context" in errors[8]
     assert records[-1]["id"] == "last" and len(records[-1]["token_ids"]) == 3
 
@@ -95,7 +95,16 @@ def test_cli_writes_results_in_input_order(tiny_model_dir, tmp_path):
     output = tmp_path / "out.jsonl"
     result = runner.invoke(
         app,
-        ["batch", str(write_input(tmp_path)), "--model", str(tiny_model_dir), "-n", "3", "-o", str(output)],
+        [
+            "batch",
+            str(write_input(tmp_path)),
+            "--model",
+            str(tiny_model_dir),
+            "-n",
+            "3",
+            "--output",
+            str(output),
+        ],
     )
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in output.read_text().splitlines()]
@@ -118,7 +127,16 @@ def test_cli_resume_skips_finished_ids(tiny_model_dir, tmp_path):
     previous = [{"id": "p0", "text": "KEPT", "token_ids": [1], "finish_reason": "length"}]
     previous.append({"id": "p1", "line": 2, "error": "retry me"})
     output.write_text("".join(json.dumps(r) + "\n" for r in previous) + '{"id": "p2", "te')  # cut short
-    args = ["batch", str(write_input(tmp_path)), "--model", str(tiny_model_dir), "-n", "2", "-o", str(output)]
+    args = [
+        "batch",
+        str(write_input(tmp_path)),
+        "--model",
+        str(tiny_model_dir),
+        "-n",
+        "2",
+        "--output",
+        str(output),
+    ]
     result = runner.invoke(app, [*args, "--resume"])
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in output.read_text().splitlines()]

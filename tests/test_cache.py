@@ -1,7 +1,7 @@
 import pytest
 
-from gencli.config import DecodingOptions
 from gencli.generation import generate_text
+from gencli.settings import DecodingOptions
 from tests.conftest import TINY_CONFIG
 
 PROMPT = "Hello world! The meaning of life is"  # 8 tokens

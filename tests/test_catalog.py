@@ -42,7 +42,9 @@ def test_models_command_table(tmp_path, monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty"))
     result = runner.invoke(app, ["models"])
     assert result.exit_code == 0
-    assert "demo" in result.stdout and "No hub models in the local Hugging Face cache." in result.stdout
+    assert (
+        "demo" in result.stdout and "No runnable hub models in the local Hugging Face cache" in result.stdout
+    )
 
 
 def test_cached_hub_model_loads_offline(tiny_model_dir, tmp_path):
@@ -50,6 +52,7 @@ def test_cached_hub_model_loads_offline(tiny_model_dir, tmp_path):
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(
         [sys.executable, "-m", "gencli", "generate", "Hello", "--model", "gpt2", "-n", "3", "--json"],
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         env=env,

@@ -44,11 +44,12 @@ def test_quiet_hides_timings(tiny_model_dir):
 
 
 def test_json_output(tiny_model_dir):
-    result = gencli("Hello world", "--model", tiny_model_dir, "-n", 4, "--json", "-m", "kv-cache")
+    result = gencli("Hello world", "--model", tiny_model_dir, "-n", 4, "--json", "--mode", "kv-cache")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert set(data) >= JSON_KEYS
-    assert set(data["timings"]) == {"prefill_s", "decode_s", "ttft_s", "tokens_per_s"}
+    assert set(data["timings"]) == {"load_s", "prefill_s", "decode_s", "ttft_s", "tokens_per_s", "total_s"}
+    assert 0 < data["timings"]["load_s"] < data["timings"]["total_s"]
     assert data["mode"] == "kv-cache" and data["prompt"] == "Hello world"
     assert data["prompt_token_ids"] == [15496, 995]
     assert len(data["token_ids"]) == 4 and data["finish_reason"] == "length"
@@ -58,9 +59,9 @@ def test_json_output(tiny_model_dir):
 def test_json_matches_streamed_text_in_every_mode(tiny_model_dir):
     texts = set()
     for mode in ("generate", "greedy", "kv-cache"):
-        streamed = gencli("Hello world", "--model", tiny_model_dir, "-n", 10, "-m", mode, "-q")
+        streamed = gencli("Hello world", "--model", tiny_model_dir, "-n", 10, "--mode", mode, "-q")
         as_json = json.loads(
-            gencli("Hello world", "--model", tiny_model_dir, "-n", 10, "-m", mode, "--json").stdout
+            gencli("Hello world", "--model", tiny_model_dir, "-n", 10, "--mode", mode, "--json").stdout
         )
         assert streamed.stdout == as_json["text"] + "\n"
         texts.add(as_json["text"])
@@ -77,7 +78,7 @@ def test_json_with_cache(tiny_model_dir):
 
 def test_inspect_cache_table(tiny_model_dir):
     result = gencli(
-        "Hello world", "--model", tiny_model_dir, "-n", 3, "-m", "kv-cache", "--inspect-cache", "-q"
+        "Hello world", "--model", tiny_model_dir, "-n", 3, "--mode", "kv-cache", "--inspect-cache", "-q"
     )
     assert result.exit_code == 0
     assert "KV cache after prefill: 2 positions" in result.stderr
@@ -95,7 +96,7 @@ def test_inspect_cache_steps_table(tiny_model_dir):
 
 def test_greedy_mode_says_there_is_no_cache(tiny_model_dir):
     result = gencli(
-        "Hello world", "--model", tiny_model_dir, "-n", 3, "-m", "greedy", "--inspect-cache", "-q"
+        "Hello world", "--model", tiny_model_dir, "-n", 3, "--mode", "greedy", "--inspect-cache", "-q"
     )
     assert result.exit_code == 0
     assert "greedy mode keeps no KV cache" in result.stderr
@@ -111,21 +112,21 @@ def test_prompt_from_stdin(tiny_model_dir, prompt_args):
 def test_config_file_and_flag_precedence(tiny_model_dir, tmp_path):
     config = tmp_path / "c.toml"
     config.write_text('mode = "greedy"\nmax_new_tokens = 7\n')
-    data = json.loads(gencli("Hi", "--model", tiny_model_dir, "-c", config, "--json").stdout)
+    data = json.loads(gencli("Hi", "--model", tiny_model_dir, "--config", config, "--json").stdout)
     assert data["mode"] == "greedy" and len(data["token_ids"]) == 7
-    data = json.loads(gencli("Hi", "--model", tiny_model_dir, "-c", config, "-n", 2, "--json").stdout)
+    data = json.loads(gencli("Hi", "--model", tiny_model_dir, "--config", config, "-n", 2, "--json").stdout)
     assert len(data["token_ids"]) == 2
 
 
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
-        (["-n", "0"], ["--max-new-tokens must be at least 1"]),
-        (["-t", "-0.5"], ["--temperature must be 0"]),
-        (["--top-p", "0"], ["--top-p must be in (0, 1]"]),
-        (["--top-p", "1.01"], ["--top-p must be in (0, 1]"]),
-        (["--top-k", "-1"], ["--top-k must be 0 (off) or more"]),
-        (["--repetition-penalty", "0"], ["--repetition-penalty must be greater than 0"]),
+        (["-n", "0"], ["--max-new-tokens must be an integer, at least 1, got 0"]),
+        (["--temperature", "-0.5"], ["--temperature must be a number, 0 (greedy) or more, got -0.5"]),
+        (["--top-p", "0"], ["--top-p must be a number in (0, 1]; 1 turns it off, got 0.0"]),
+        (["--top-p", "1.01"], ["--top-p must be a number in (0, 1]"]),
+        (["--top-k", "-1"], ["--top-k must be an integer, 0 (off) or more"]),
+        (["--repetition-penalty", "0"], ["--repetition-penalty must be a number greater than 0"]),
         (["--top-k", "many"], ["Invalid value for '--top-k'", "--help"]),
         (["--mode", "fast"], ["'fast' is not one of 'generate', 'greedy', 'kv-cache'"]),
         (["--colour"], ["No such option: --colour"]),
@@ -203,6 +204,7 @@ def test_interrupted_json_run_reports_partial_result(tiny_model_dir, monkeypatch
 def run_gencli(*args, **kwargs):
     return subprocess.Popen(
         [sys.executable, "-m", "gencli", *map(str, args)],
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         **kwargs,
@@ -223,7 +225,7 @@ def test_help_imports_neither_torch_nor_transformers(command):
 
 
 def test_ctrl_c_keeps_output_and_exits_130(tiny_model_dir):
-    process = run_gencli("generate", "Hello", "--model", tiny_model_dir, "-m", "greedy", "-n", 1000)
+    process = run_gencli("generate", "Hello", "--model", tiny_model_dir, "--mode", "greedy", "-n", 1000)
     first_bytes = process.stdout.read(8)
     process.send_signal(signal.SIGINT)
     rest, stderr = process.communicate(timeout=60)
@@ -235,7 +237,7 @@ def test_ctrl_c_keeps_output_and_exits_130(tiny_model_dir):
 
 
 def test_closed_pipe_exits_quietly(tiny_model_dir):
-    process = run_gencli("generate", "Hello", "--model", tiny_model_dir, "-m", "greedy", "-n", 1000)
+    process = run_gencli("generate", "Hello", "--model", tiny_model_dir, "--mode", "greedy", "-n", 1000)
     assert len(process.stdout.read(20)) == 20
     process.stdout.close()  # like `| head -c 20`
     stderr = process.stderr.read()

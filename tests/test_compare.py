@@ -6,8 +6,8 @@ from typer.testing import CliRunner
 
 from gencli import compare
 from gencli.cli import app
-from gencli.config import DecodingOptions
 from gencli.generation import generate_text
+from gencli.settings import DecodingOptions
 
 runner = CliRunner()
 

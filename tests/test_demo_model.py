@@ -6,9 +6,9 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gencli.catalog import bundled_model_dir
-from gencli.config import MODES, DecodingOptions, Settings
 from gencli.generation import generate_text
 from gencli.scratch.verify import verify
+from gencli.settings import MODES, DecodingOptions, resolve
 
 PROMPTS = ["It is a truth universally acknowledged", "Call me Ishmael. Some years ago"]
 
@@ -74,7 +74,7 @@ def longest_repeat(tokens, size=4):
     "prompt", [*PROMPTS, "The whale", "To be, or not to be", "Alice was beginning to get very tired"]
 )
 def test_default_greedy_output_does_not_loop(demo, prompt):
-    options = Settings().decoding
+    options = resolve().settings.decoding
     tokens = generate_text(
         demo, prompt, "kv-cache", DecodingOptions(**{**vars(options), "max_new_tokens": 60})
     )

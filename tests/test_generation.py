@@ -1,8 +1,8 @@
 import pytest
 
-from gencli.config import DecodingOptions
 from gencli.errors import GencliError
 from gencli.generation import GenerationInterrupted, generate_text
+from gencli.settings import DecodingOptions
 
 
 @pytest.mark.parametrize("mode", ["generate", "greedy", "kv-cache", "scratch"])

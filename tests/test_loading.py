@@ -1,3 +1,4 @@
+import json
 import time
 
 import pytest
@@ -5,6 +6,7 @@ import torch
 
 from gencli.errors import GencliError
 from gencli.loading import BUNDLED_TOKENIZER, load_model, resolve_device, resolve_dtype
+from tests.conftest import save_tiny_model
 
 KNOWN_SENTENCE = "Hello world! The meaning of life is"
 KNOWN_IDS = [15496, 995, 0, 383, 3616, 286, 1204, 318]
@@ -45,7 +47,15 @@ def test_uncached_hub_model_offline_fails_fast(hub_cache):
 def test_dtype_choice(tiny_model_dir):
     loaded = load_model(str(tiny_model_dir), device="cpu", dtype="bfloat16")
     assert loaded.dtype == torch.bfloat16
-    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto") == torch.float32  # random weights
+
+
+def test_auto_dtype_is_the_checkpoints_own_as_in_hugging_face(tmp_path):
+    folder = save_tiny_model(tmp_path / "bf16")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16"}))
+    assert load_model(str(folder), device="cpu").dtype == torch.bfloat16
+    assert load_model("demo", device="cpu").dtype == torch.float32  # stored as float16, loads as float32
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

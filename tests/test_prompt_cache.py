@@ -4,10 +4,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from gencli.config import DecodingOptions
 from gencli.errors import GencliError
 from gencli.generation import PromptCacheFile, generate_text
 from gencli.loading import load_model
+from gencli.settings import DecodingOptions
 from tests.conftest import save_tiny_model
 
 PROMPT = "It is a truth universally acknowledged, that a single man in possession of a good fortune"

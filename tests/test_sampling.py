@@ -1,10 +1,11 @@
 """The hand-written loops must process logits exactly as `model.generate` does."""
 
 import pytest
+import torch
 from transformers import GenerationConfig
 
-from gencli.config import DecodingOptions
 from gencli.sampling import build_logits_processors, generate_kwargs
+from gencli.settings import DecodingOptions
 
 OPTION_SETS = [
     DecodingOptions(),
@@ -15,7 +16,14 @@ OPTION_SETS = [
     DecodingOptions(sample=True, temperature=0.0, top_k=5),
     DecodingOptions(repetition_penalty=1.2, no_repeat_ngram_size=3),
     DecodingOptions(sample=True, no_repeat_ngram_size=2, top_p=0.9, repetition_penalty=1.1),
+    DecodingOptions(sample=True, temperature=0.8, top_k=20, min_p=0.05),
+    DecodingOptions(sample=True, typical_p=0.9, epsilon_cutoff=3e-4),
+    DecodingOptions(sample=True, eta_cutoff=1e-3, top_p=0.95),
+    DecodingOptions(min_new_tokens=5, suppress_tokens=(13, 198), repetition_penalty=1.2),
+    DecodingOptions(min_p=0.2, typical_p=0.5),  # greedy: the warpers stay out
 ]
+EOS = 50256
+PROMPT_LENGTH = 4
 
 
 def describe(processors):
@@ -31,10 +39,20 @@ def test_processors_match_what_generate_builds(tiny, options):
     config = GenerationConfig(**generate_kwargs(options))
     config.update(**tiny.model.generation_config.to_dict(), defaults_only=True)
     config.update(**GenerationConfig._get_default_generation_params(), defaults_only=True)
-    built_by_generate = tiny.model._get_logits_processor(generation_config=config, input_ids_seq_length=4)
-    assert describe(build_logits_processors(options)) == describe(built_by_generate)
+    config._eos_token_tensor = torch.tensor([EOS])
+    built_by_generate = tiny.model._get_logits_processor(
+        generation_config=config, input_ids_seq_length=PROMPT_LENGTH
+    )
+    ours = build_logits_processors(options, PROMPT_LENGTH, EOS)
+    assert describe(ours) == describe(built_by_generate)
 
 
 def test_greedy_ignores_sampling_warpers():
-    processors = build_logits_processors(DecodingOptions(temperature=0.5, top_k=3, repetition_penalty=1.5))
+    options = DecodingOptions(temperature=0.5, top_k=3, min_p=0.1, repetition_penalty=1.5)
+    processors = build_logits_processors(options, PROMPT_LENGTH, EOS)
     assert [type(p).__name__ for p in processors] == ["RepetitionPenaltyLogitsProcessor"]
+
+
+def test_min_new_tokens_needs_an_eos_to_hold_back():
+    processors = build_logits_processors(DecodingOptions(min_new_tokens=3), PROMPT_LENGTH, None)
+    assert list(processors) == []

@@ -11,8 +11,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCrite
 from transformers.cache_utils import Cache
 from transformers.generation.streamers import BaseStreamer
 
-from gencli.config import DecodingOptions
 from gencli.sampling import build_logits_processors, select_next_token
+from gencli.settings import DecodingOptions
 
 
 @dataclass
@@ -69,7 +69,9 @@ class StepEngine(Engine):
 
 def decode_n_tokens(engine: StepEngine, request: DecodeRequest, logits: torch.Tensor) -> torch.Tensor:
     """Choose tokens until a stopping criterion fires; return the whole sequence."""
-    processors = build_logits_processors(request.options)
+    processors = build_logits_processors(
+        request.options, request.input_ids.shape[1], request.eos_token_id, device=request.input_ids.device
+    )
     sequence = request.input_ids
     while True:
         # Same dtype and processor inputs as `generate`, so sampling sees identical scores.

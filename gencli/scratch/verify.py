@@ -14,11 +14,11 @@ import torch
 from torch import nn
 from transformers.cache_utils import DynamicCache
 
-from gencli.config import DecodingOptions
 from gencli.loading import LoadedModel
 from gencli.scratch.attention import KVCache, MultiHeadSelfAttention, causal_mask, padding_mask
 from gencli.scratch.model import ScratchGPT2
 from gencli.scratch.probe import attention_inputs
+from gencli.settings import DecodingOptions
 
 DEFAULT_PROMPTS = (
     "Hello world! The meaning of life is",

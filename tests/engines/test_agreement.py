@@ -2,8 +2,8 @@
 
 import pytest
 
-from gencli.config import MODES, DecodingOptions
 from gencli.generation import generate_text
+from gencli.settings import MODES, DecodingOptions
 
 PROMPTS = [
     "Hello world! The meaning of life is",

@@ -1,0 +1,52 @@
+"""`gencli attention`: one head's attention weights as a heatmap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from gencli.cli.edge import load, startup_status
+from gencli.cli.options import (
+    MODEL,
+    SOURCES,
+    PromptArgument,
+    PromptFileOption,
+    command_line_layers,
+    read_prompt,
+    with_options,
+)
+from gencli.settings import check_prompt, resolve
+
+
+@with_options(MODEL, SOURCES)
+def attention(
+    prompt: PromptArgument = None,
+    file: PromptFileOption = None,
+    layer: Annotated[int, typer.Option("--layer", "-l", help="Layer, from 0.")] = 0,
+    head: Annotated[int, typer.Option("--head", "-H", help="Attention head, from 0.")] = 0,
+    png: Annotated[
+        Path | None,
+        typer.Option(help="Also write the heatmap as a PNG image (needs matplotlib).", dir_okay=False),
+    ] = None,
+    flags: dict[str, Any] | None = None,
+) -> None:
+    """Draw one head's attention weights as a heatmap: rows are tokens, columns what they attend to.
+
+    The weights come from the from-scratch attention (verified equal to Hugging Face's). Long
+    prompts show their last tokens, as many as fit the terminal; --png draws them all.
+    """
+    settings = resolve(command_line_layers(flags)).settings.model_copy(update={"dtype": "float32"})
+    text = read_prompt(prompt, file)
+    check_prompt(text)
+    with startup_status("starting") as step:
+        loaded = load(settings, step)
+        from gencli import render
+        from gencli.scratch.probe import attention_map
+
+    amap = attention_map(loaded, text, layer, head)
+    render.print_attention_heatmap(amap, render.stdout_console())
+    if png is not None:
+        render.save_attention_png(amap, str(png))
+        render.stderr_console().print(f"wrote {png}")

@@ -1,0 +1,115 @@
+"""`gencli bench`: prefill, time to first token, decode speed, latency, memory and bandwidth per mode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from gencli.cli.edge import load, startup_status
+from gencli.cli.options import (
+    MODEL,
+    SOURCES,
+    ArchOption,
+    JsonOption,
+    ModesOption,
+    chosen_modes,
+    command_line_layers,
+    with_options,
+)
+from gencli.errors import GencliError
+from gencli.settings import Dtype, resolve
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise GencliError(f"--lengths takes comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise GencliError(f"--lengths must be positive integers, got {text!r}")
+    return values
+
+
+@with_options(MODEL, SOURCES)
+def bench(
+    arch: ArchOption = None,
+    modes: ModesOption = None,
+    lengths: Annotated[
+        str, typer.Option(help="Total lengths (prompt + new tokens) for the sweep, comma-separated.")
+    ] = "64,256,512,1024",
+    prompt_tokens: Annotated[int, typer.Option(help="Prompt length of the headline run.")] = 16,
+    new_tokens: Annotated[int, typer.Option(help="New tokens in the headline run.")] = 128,
+    sweep_new_tokens: Annotated[int, typer.Option(help="New tokens at each sweep length.")] = 16,
+    repeats: Annotated[int, typer.Option(help="Measured runs per cell; medians are reported.")] = 3,
+    warmup: Annotated[int, typer.Option(help="Unmeasured runs before each cell.")] = 1,
+    compare_dtype: Annotated[
+        Dtype | None,
+        typer.Option(
+            help="Also run the headline in this dtype, from the same weights, and report each "
+            "mode's decode speed-up over --dtype.",
+            metavar="DTYPE",
+        ),
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write a PNG of decode tokens/s against length per mode (needs matplotlib).", dir_okay=False
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+    flags: dict[str, Any] | None = None,
+) -> None:
+    """Measure each mode: prefill, time to first token, decode tokens/s, p50/p95 per-token latency,
+    peak memory, and memory bandwidth achieved against this machine's measured read bandwidth.
+
+    A headline run (--prompt-tokens + --new-tokens) and a sweep over --lengths, where the no-cache
+    loop slows down with length and the cached loops do not. Prompts are random token ids and
+    generation ignores EOS, so every run decodes exactly as many tokens as asked.
+    """
+    settings = resolve(command_line_layers(flags)).settings
+    chosen = chosen_modes(modes)
+    sweep = _int_list(lengths)
+    if min(sweep) <= sweep_new_tokens:
+        raise GencliError(f"every --lengths value must exceed --sweep-new-tokens ({sweep_new_tokens})")
+    if min(repeats, prompt_tokens, new_tokens, sweep_new_tokens) < 1 or warmup < 0:
+        raise GencliError(
+            "--repeats, --prompt-tokens, --new-tokens and --sweep-new-tokens must be at least 1"
+        )
+    with startup_status("starting") as step:
+        loaded = load(settings, step, arch)
+        if max(sweep) > loaded.context_length or prompt_tokens + new_tokens > loaded.context_length:
+            raise GencliError(f"lengths must fit the model's context of {loaded.context_length} tokens")
+        other = None
+        if compare_dtype is not None:
+            from gencli.loading import resolve_dtype
+
+            if resolve_dtype(compare_dtype, loaded.folder) == loaded.dtype:
+                raise GencliError(
+                    f"--compare-dtype {compare_dtype} is what --dtype runs already; pick another"
+                )
+            other = load(settings.model_copy(update={"dtype": compare_dtype}), step, arch)
+        from gencli import render
+        from gencli.bench import count_runs, run_bench
+
+    with render.progress(count_runs(chosen, sweep, repeats, other is not None), "bench") as advance:
+        report = run_bench(
+            loaded,
+            chosen,
+            sweep,
+            prompt_tokens,
+            new_tokens,
+            sweep_new_tokens,
+            repeats,
+            warmup,
+            on_progress=advance,
+            other_dtype=other,
+        )
+    if as_json:
+        render.print_json(report.to_dict())
+    else:
+        render.print_bench(report, render.stdout_console())
+    if plot is not None:
+        render.save_bench_plot(report, str(plot))
+        render.stderr_console().print(f"wrote {plot}")

@@ -1,0 +1,60 @@
+"""`gencli compare`: every mode on one prompt, and where they part."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from gencli.cli.edge import load, startup_status
+from gencli.cli.generate import notice_ignored_checkpoint_keys
+from gencli.cli.options import (
+    DECODING,
+    MODEL,
+    SOURCES,
+    ArchOption,
+    JsonOption,
+    ModesOption,
+    PromptArgument,
+    PromptFileOption,
+    chosen_modes,
+    command_line_layers,
+    read_prompt,
+    with_options,
+)
+from gencli.settings import check_prompt, resolve
+
+
+@with_options(DECODING, MODEL, SOURCES)
+def compare(
+    prompt: PromptArgument = None,
+    file: PromptFileOption = None,
+    modes: ModesOption = None,
+    arch: ArchOption = None,
+    as_json: JsonOption = False,
+    flags: dict[str, Any] | None = None,
+) -> None:
+    """Run every mode on PROMPT with the same options and check they choose the same tokens.
+
+    Shows the completions and time per mode. Where modes disagree, shows the first differing
+    position, the two competing tokens and their logit margin there: a margin near 0 is a
+    near-tie that float rounding can flip, a large one is a bug. Exits 1 when modes disagree.
+    """
+    layers = command_line_layers(flags)
+    settings = resolve(layers).settings
+    text = read_prompt(prompt, file)
+    check_prompt(text)
+    chosen = chosen_modes(modes)
+    with startup_status("starting") as step:
+        loaded = load(settings, step, arch)
+        from gencli import render
+        from gencli.compare import compare_modes
+
+    resolved = resolve(layers, loaded.folder)
+    notice_ignored_checkpoint_keys(resolved)
+    comparison = compare_modes(loaded, text, resolved.settings.decoding, chosen)
+    if as_json:
+        render.print_json(comparison.to_dict())
+    else:
+        render.print_comparison(comparison, loaded.tokenizer, render.stdout_console())
+    raise typer.Exit(0 if comparison.agree else 1)

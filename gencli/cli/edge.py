@@ -1,0 +1,134 @@
+"""Where the core meets the terminal: errors become one line and an exit code, never a traceback;
+notices and the start-up status go to stderr."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import typer
+import typer.core
+
+from gencli.errors import GencliError
+
+EXIT_INTERRUPTED = 130
+# When the command started, for the total time in the stats line (imports of the CLI excluded).
+STARTED = time.perf_counter()
+
+
+def error(message: str) -> None:
+    sys.stderr.write(f"gencli: error: {message}\n")
+    sys.stderr.flush()
+
+
+def notice(message: str) -> None:
+    sys.stderr.write(f"gencli: {message}\n")
+    sys.stderr.flush()
+
+
+class GencliGroup(typer.core.TyperGroup):
+    """Turns every user mistake into one line on stderr and an exit code, never a traceback."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except GencliError as problem:
+            error(str(problem))
+            code = problem.exit_code
+        except typer.TyperException as problem:
+            message = problem.format_message().replace("Value error, ", "")
+            if message:
+                hint = f" (see '{problem.ctx.command_path} --help')" if getattr(problem, "ctx", None) else ""
+                error(message + hint)
+            code = problem.exit_code
+        except typer.Abort:
+            code = EXIT_INTERRUPTED
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+OPTION_FLAGS = ("-o", "--option")
+# argv cannot hold a NUL, so it separates KEY from VALUE unambiguously.
+KEY_VALUE_SEPARATOR = "\0"
+
+
+class GencliCommand(typer.core.TyperCommand):
+    """Reads `-o KEY VALUE` (two words, as llm does), which typer cannot declare, as one value."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        joined, index = [], 0
+        while index < len(args):
+            word = args[index]
+            if word == "--":
+                joined.extend(args[index:])
+                break
+            if word in OPTION_FLAGS and index + 2 < len(args):
+                joined += [word, args[index + 1] + KEY_VALUE_SEPARATOR + args[index + 2]]
+                index += 3
+                continue
+            joined.append(word)
+            index += 1
+        return super().parse_args(ctx, joined)
+
+
+def split_key_values(words: list[str] | None) -> list[tuple[str, str]]:
+    pairs = []
+    for word in words or []:
+        key, separator, value = word.partition(KEY_VALUE_SEPARATOR)
+        if not separator:
+            raise GencliError(f"-o takes a key and a value, as in '-o min_p 0.05'; got only {key!r}")
+        pairs.append((key, value))
+    return pairs
+
+
+class StartupStatus:
+    """A transient spinner on stderr naming the start-up step (importing, loading the model), as
+    ollama shows one; nothing off a terminal. `step(text)` changes its text; `stop()` clears it."""
+
+    def __init__(self) -> None:
+        self._status: Any = None
+
+    def step(self, text: str) -> None:
+        if not sys.stderr.isatty():
+            return
+        if self._status is None:
+            from rich.console import Console
+
+            self._status = Console(stderr=True).status(text, spinner="dots")
+            self._status.start()
+        else:
+            self._status.update(text)
+
+    def stop(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+
+@contextlib.contextmanager
+def startup_status(first_step: str) -> Iterator[Callable[[str], None]]:
+    """The spinner for the block; yields `step(text)`. Cleared when the block ends, however."""
+    status = StartupStatus()
+    status.step(first_step)
+    try:
+        yield status.step
+    finally:
+        status.stop()
+
+
+def load(settings: Any, step: Callable[[str], None], arch: str | None = None) -> Any:
+    """Load the model the settings name (or `arch` with random weights), naming each step on the
+    start-up status; tell when the demo model stands in."""
+    step("importing torch and transformers")
+    from gencli.loading import load_model, random_model
+
+    if arch is not None:
+        step(f"building {arch} with random weights")
+        return random_model(arch, settings.device, settings.dtype)
+    step(f"loading model {settings.model}")
+    loaded = load_model(settings.model, settings.device, settings.dtype, settings.fallback)
+    if loaded.fallback_reason:
+        notice(loaded.fallback_reason)
+    return loaded

@@ -1,0 +1,29 @@
+"""`gencli logs`: the runs gencli has recorded (opt out with --no-log or GENCLI_LOG=0)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from gencli.cli.options import JsonOption
+
+
+def logs(
+    count: Annotated[
+        int, typer.Option("--count", "-n", help="How many recent runs; 0 shows all.", min=0)
+    ] = 3,
+    as_json: JsonOption = False,
+    path: Annotated[bool, typer.Option("--path", help="Print the history file's location and exit.")] = False,
+) -> None:
+    """Show the most recent runs: when, model, mode, prompt and reply, oldest first."""
+    from gencli import history, render
+
+    if path:
+        typer.echo(str(history.history_path()))
+        return
+    runs = history.read_last(count or None)
+    if as_json:
+        render.print_json(runs)
+    else:
+        render.print_history(runs, render.stdout_console())

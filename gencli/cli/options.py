@@ -1,0 +1,230 @@
+"""Option sets shared by several commands, declared once, and how their values become settings.
+
+A command takes a set with `@with_options(MODEL, DECODING, ...)`: the set's parameters join the
+command's signature (typer reads signatures), and the command receives their values as one
+`flags` dict. Every flag that names a setting defaults to None, so that weaker sources (the
+environment, config files, the checkpoint) fill what the command line leaves out.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from gencli.cli.edge import split_key_values
+from gencli.errors import GencliError
+from gencli.settings import (
+    Device,
+    Dtype,
+    Layer,
+    Mode,
+    check_values,
+    default_value,
+    gather_layers,
+    help_text,
+    preset_names,
+    text_values,
+)
+
+OptionSet = tuple[inspect.Parameter, ...]
+
+
+def flag_name(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _help(key: str) -> str:
+    value = default_value(key)
+    shown = {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+    return f"{help_text(key)}  [default: {'none' if value in (None, ()) else shown}]"
+
+
+def _parameter(name: str, annotation: Any) -> inspect.Parameter:
+    return inspect.Parameter(
+        name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=annotation
+    )
+
+
+def _setting(python_type: Any, key: str, *declarations: str, metavar: str | None = None) -> inspect.Parameter:
+    """A flag for setting `key`: None when not given."""
+    option = typer.Option(
+        *(declarations or (flag_name(key),)), help=_help(key), show_default=False, metavar=metavar
+    )
+    return _parameter(key, Annotated[python_type | None, option])
+
+
+MODEL: OptionSet = (
+    _setting(str, "model", "--model", "-m"),
+    _setting(Device, "device"),
+    _setting(Dtype, "dtype"),
+    _setting(bool, "fallback", "--fallback/--no-fallback"),
+)
+MODE: OptionSet = (_setting(Mode, "mode"),)
+DECODING: OptionSet = (
+    _setting(int, "max_new_tokens", "--max-new-tokens", "-n"),
+    _setting(bool, "sample", "--sample/--no-sample"),
+    _setting(float, "temperature"),
+    _setting(int, "top_k"),
+    _setting(float, "top_p"),
+    _setting(float, "repetition_penalty"),
+    _setting(int, "no_repeat_ngram_size"),
+    _setting(int, "seed"),
+    _setting(list[str], "stop", metavar="TEXT"),
+    _setting(bool, "ignore_eos", "--ignore-eos/--stop-at-eos"),
+    _parameter(
+        "option",
+        Annotated[
+            list[str] | None,
+            typer.Option(
+                "--option",
+                "-o",
+                metavar="KEY VALUE",
+                help="Any other generation option gencli runs identically in every mode, e.g. "
+                "-o min_p 0.05 (also: min_new_tokens, typical_p, epsilon_cutoff, eta_cutoff, "
+                "suppress_tokens). Repeatable.",
+                show_default=False,
+            ),
+        ],
+    ),
+)
+SOURCES: OptionSet = (
+    _parameter(
+        "config",
+        Annotated[
+            Path | None,
+            typer.Option(
+                "--config",
+                help="A TOML settings file (keys as in 'gencli config show'). Environment variables "
+                "and flags override it.",
+                show_default=False,
+                dir_okay=False,
+            ),
+        ],
+    ),
+    _parameter(
+        "preset",
+        Annotated[
+            str | None,
+            typer.Option(
+                "--preset",
+                help=f"A settings file shipped with gencli: {', '.join(preset_names())}.",
+                show_default=False,
+                autocompletion=lambda: list(preset_names()),
+            ),
+        ],
+    ),
+)
+LOG: OptionSet = (_setting(bool, "log", "--log/--no-log"),)
+
+
+def with_options(*sets: OptionSet) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add the option sets to a command; it receives their values as `flags`."""
+    added = [parameter for option_set in sets for parameter in option_set]
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(command)
+        # The command's own annotations, evaluated where it was written (they may be strings).
+        hints = typing.get_type_hints(command, include_extras=True)
+        own = [
+            parameter.replace(annotation=hints[parameter.name])
+            for parameter in signature.parameters.values()
+            if parameter.name != "flags"
+        ]
+
+        @functools.wraps(command)
+        def wrapper(**arguments: Any) -> Any:
+            flags = {parameter.name: arguments.pop(parameter.name) for parameter in added}
+            return command(**arguments, flags=flags)
+
+        parameters = own + added
+        wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+        return wrapper
+
+    return decorate
+
+
+def command_line_layers(flags: dict[str, Any]) -> list[Layer]:
+    """Every settings layer of a run: files and environment (see `gather_layers`), then `-o`
+    pairs and the flags themselves. A key set both by a flag and by `-o` is refused."""
+    pairs = split_key_values(flags.get("option"))
+    options = text_values(pairs, name=lambda key: f"-o {key}")
+    given = {
+        key: tuple(value) if isinstance(value, list) else value
+        for key, value in flags.items()
+        if key not in ("option", "config", "preset") and value is not None
+    }
+    for key in options.keys() & given.keys():
+        raise GencliError(f"{flag_name(key)} and -o {key} both set {key!r}; give one of them")
+    command_line = [
+        Layer("-o", options, lambda key: f"-o {key}"),
+        Layer("flags", check_values(given, name=flag_name), flag_name),
+    ]
+    return gather_layers(config=flags.get("config"), preset=flags.get("preset"), command_line=command_line)
+
+
+def read_prompt(argument: str | None, file: Path | None) -> str:
+    """The prompt from `-f FILE` or piped stdin, then PROMPT, joined by a newline.
+
+    Piped text comes first and PROMPT after it, as in llm and ollama
+    (`cat notes.txt | gencli generate "Summary:"`). PROMPT '-' means stdin alone."""
+    parts = []
+    if file is not None:
+        try:
+            parts.append(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as problem:
+            raise GencliError(f"cannot read the prompt file {file}: {problem}; check the -f path") from None
+    elif sys.stdin is not None and not sys.stdin.isatty():
+        parts.append(sys.stdin.read())
+    elif argument in (None, "-"):
+        raise GencliError("no prompt given; pass PROMPT as an argument, -f FILE, or pipe text on stdin")
+    if argument not in (None, "-"):
+        parts.append(argument)
+    # A trailing newline from `echo` or a file is not part of the prompt.
+    return "\n".join(part.removesuffix("\n") for part in parts if part.strip())
+
+
+PromptArgument = Annotated[
+    str | None,
+    typer.Argument(
+        help="Text to continue. Piped stdin (or -f FILE) comes first, then PROMPT, joined by a newline.",
+        metavar="[PROMPT]",
+        show_default=False,
+    ),
+]
+PromptFileOption = Annotated[
+    Path | None,
+    typer.Option("--file", "-f", help="Read the prompt from this file.", dir_okay=False, show_default=False),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Do not print timings on stderr.")]
+ArchOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Use this architecture with seeded random weights instead of --model: gpt2 = GPT-2 124M "
+        "(speed and numerics do not depend on the weight values).",
+        show_default=False,
+    ),
+]
+ModesOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--modes", metavar="MODE", help="Modes to run (repeatable).  [default: all]", show_default=False
+    ),
+]
+
+
+def chosen_modes(modes: list[str] | None) -> tuple[str, ...]:
+    from gencli.settings import MODES
+
+    for mode in modes or []:
+        if mode not in MODES:
+            raise GencliError(f"--modes: unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    return tuple(dict.fromkeys(modes)) if modes else MODES

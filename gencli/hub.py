@@ -1,0 +1,83 @@
+"""The Hugging Face hub: is it reachable, and fetching a model into the local cache.
+
+Imports neither torch nor transformers (`gencli pull` needs neither).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+from gencli.catalog import check_runnable
+from gencli.errors import GencliError
+
+
+class ModelUnavailable(GencliError):
+    """A hub model that is neither cached nor reachable: the case the demo model can stand in for."""
+
+
+def hub_is_reachable(timeout_s: float = 2.0) -> bool:
+    """One bounded request through huggingface_hub's own HTTP session (so proxy settings apply),
+    instead of the hub client's retries, which take ~20 s to fail offline.
+
+    It runs in a thread because a request timeout does not cover name resolution, which can hang.
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    reachable = threading.Event()
+
+    def probe() -> None:
+        try:
+            get_session().head(constants.ENDPOINT, timeout=timeout_s)
+            reachable.set()
+        except Exception:  # any transport failure means: not reachable now
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return reachable.is_set()
+
+
+def quiet_libraries() -> None:
+    # Advice meant for library users would clutter a CLI's stderr; download bars stay on a terminal.
+    from huggingface_hub.utils import disable_progress_bars
+
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
+    if not sys.stderr.isatty():
+        disable_progress_bars()
+
+
+# What a download fetches: config, tokenizer and generation files, and one copy of the weights.
+_FILES_BESIDE_WEIGHTS = ["*.json", "*.txt", "*.model"]
+
+
+def download_model(model_id: str) -> Path:
+    """Fetch a hub model into the local Hugging Face cache: config.json first, so another
+    architecture is refused before any weights; progress bars on a terminal. Returns its folder."""
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    quiet_libraries()
+    try:
+        config = Path(hf_hub_download(model_id, "config.json"))
+        check_runnable(model_id, config.parent)
+        files = HfApi().list_repo_files(model_id)
+        weights = (
+            ["*.safetensors"] if any(f.endswith(".safetensors") for f in files) else ["pytorch_model*.bin"]
+        )
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model_id, allow_patterns=_FILES_BESIDE_WEIGHTS + weights))
+    except (HfHubHTTPError, LocalEntryNotFoundError, ValueError) as error:
+        raise GencliError(
+            f"cannot download model {model_id!r}: {str(error).splitlines()[0]} Check the hub id"
+        ) from None

@@ -1,0 +1,435 @@
+"""One settings schema, and the layers it is read from.
+
+Every source of a setting goes through `Settings`, weakest first:
+
+    built-in defaults < the checkpoint's generation_config.json < the user config file
+    < --config FILE or --preset NAME < GENCLI_* environment variables < flags (and -o KEY VALUE)
+
+A layer is a mapping of keys to values from one source. Typed sources (TOML files, JSONL lines,
+flags) must give values of the right type; text sources (environment variables, `-o`, chat's
+`/set`) are parsed. Errors carry the key and its requirement; the layer that read the value says
+how the user wrote the key (`--top-p`, `'top_p' in FILE`, `GENCLI_TOP_P`).
+
+Importing this module must stay cheap (no torch, no transformers): `gencli --help` imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gencli.errors import GencliError
+
+Mode = Literal["generate", "greedy", "kv-cache", "scratch"]
+Device = Literal["auto", "cpu", "cuda", "mps"]
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+MODES: tuple[str, ...] = get_args(Mode)
+ENV_PREFIX = "GENCLI_"
+
+
+def _setting(default: Any, requirement: str, help: str, **constraints: Any) -> Any:
+    """A field with its help text (for flags and `config show`) and the requirement an error quotes."""
+    return Field(default, description=help, json_schema_extra={"requirement": requirement}, **constraints)
+
+
+class DecodingOptions(BaseModel):
+    """How the next token is chosen and when generation stops; identical for every mode."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    max_new_tokens: int = _setting(64, "must be an integer, at least 1", "Most tokens to generate.", ge=1)
+    min_new_tokens: int = _setting(
+        0, "must be an integer, 0 (off) or more", "Never end (EOS) before this many new tokens.", ge=0
+    )
+    sample: bool = _setting(False, "must be true or false", "Sample instead of taking the most likely token.")
+    temperature: float = _setting(
+        1.0, "must be a number, 0 (greedy) or more", "Sampling temperature; 0 means greedy.", ge=0
+    )
+    top_k: int = _setting(
+        0, "must be an integer, 0 (off) or more", "Sample among the k most likely tokens; 0 is off.", ge=0
+    )
+    top_p: float = _setting(
+        1.0,
+        "must be a number in (0, 1]; 1 turns it off",
+        "Sample among the most likely tokens whose probabilities sum to p; 1 is off.",
+        gt=0,
+        le=1,
+    )
+    min_p: float = _setting(
+        0.0,
+        "must be a number in [0, 1]; 0 turns it off",
+        "Drop tokens less likely than min_p times the most likely one; 0 is off.",
+        ge=0,
+        le=1,
+    )
+    typical_p: float = _setting(
+        1.0,
+        "must be a number in (0, 1]; 1 turns it off",
+        "Locally typical sampling: keep this mass of the most typical tokens; 1 is off.",
+        gt=0,
+        le=1,
+    )
+    epsilon_cutoff: float = _setting(
+        0.0,
+        "must be a number in [0, 1); 0 turns it off",
+        "Drop tokens whose probability is below this; 0 is off.",
+        ge=0,
+        lt=1,
+    )
+    eta_cutoff: float = _setting(
+        0.0,
+        "must be a number in [0, 1); 0 turns it off",
+        "Eta sampling: an entropy-dependent cutoff; 0 is off.",
+        ge=0,
+        lt=1,
+    )
+    repetition_penalty: float = _setting(
+        1.0,
+        "must be a number greater than 0; 1 turns it off",
+        "Divide the logits of tokens already in the text by this; 1 is off. Applies with and "
+        "without sampling.",
+        gt=0,
+    )
+    no_repeat_ngram_size: int = _setting(
+        0,
+        "must be an integer, 0 (off) or more",
+        "Never repeat a sequence of this many tokens; 0 is off.",
+        ge=0,
+    )
+    suppress_tokens: tuple[int, ...] = _setting(
+        (), "must be a list of token ids (integers, 0 or more)", "Token ids never to generate."
+    )
+    seed: int | None = _setting(
+        None,
+        "must be an integer in [0, 2**64)",
+        "Random seed; the same seed gives the same tokens in every mode.",
+        ge=0,
+        lt=2**64,
+    )
+    stop: tuple[str, ...] = _setting(
+        (),
+        "must be a string or a list of non-empty strings",
+        "Stop once the text ends with this string; it is kept in the output.",
+    )
+    ignore_eos: bool = _setting(False, "must be true or false", "Keep generating past the end-of-text token.")
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_or_more_strings(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = (value,)
+        if isinstance(value, list | tuple):
+            if not all(isinstance(item, str) and item for item in value):
+                raise ValueError("stop strings must be non-empty strings")
+            return tuple(value)
+        return value
+
+    @field_validator("suppress_tokens", mode="before")
+    @classmethod
+    def _token_ids(cls, value: Any) -> Any:
+        if isinstance(value, str):  # from text: "13, 198"
+            value = [part for part in value.replace(",", " ").split()]
+            try:
+                value = [int(part) for part in value]
+            except ValueError:
+                raise ValueError("token ids must be integers") from None
+        if isinstance(value, list | tuple):
+            if not all(isinstance(item, int) and not isinstance(item, bool) and item >= 0 for item in value):
+                raise ValueError("token ids must be integers, 0 or more")
+            return tuple(value)
+        return value
+
+    @property
+    def samples(self) -> bool:
+        """Temperature 0 means greedy decoding, even with `sample`."""
+        return self.sample and self.temperature > 0
+
+
+class Settings(DecodingOptions):
+    """Everything a run is configured by: the decoding options, plus what to run them on."""
+
+    model: str = _setting(
+        "gpt2",
+        "must be a Hugging Face hub id, a model folder or 'demo'",
+        "Hugging Face hub id, local model folder, or 'demo' (bundled).",
+        min_length=1,
+    )
+    mode: Mode = _setting(
+        "generate",
+        f"must be one of {', '.join(MODES)}",
+        "generate: Hugging Face model.generate. greedy: hand-written loop that re-runs the whole "
+        "sequence every step (no cache). kv-cache: hand-written loop that feeds one token plus the "
+        "cache. scratch: the from-scratch GPT-2 (gencli.scratch) with its own preallocated cache.",
+    )
+    device: Device = _setting("auto", f"must be one of {', '.join(get_args(Device))}", "Where to run.")
+    dtype: Dtype = _setting(
+        "auto",
+        f"must be one of {', '.join(get_args(Dtype))}",
+        "Weight dtype; auto is the checkpoint's own (as in Hugging Face), float32 when it names none.",
+    )
+    fallback: bool = _setting(
+        True,
+        "must be true or false",
+        "When the hub model is neither cached nor reachable, use the bundled demo model (with a notice "
+        "on stderr) instead of failing.",
+    )
+    log: bool = _setting(True, "must be true or false", "Append every run to the history (gencli logs).")
+
+    @property
+    def decoding(self) -> DecodingOptions:
+        return DecodingOptions(**{key: getattr(self, key) for key in DECODING_KEYS})
+
+
+DECODING_KEYS: tuple[str, ...] = tuple(DecodingOptions.model_fields)
+SETTING_KEYS: tuple[str, ...] = tuple(Settings.model_fields)
+
+# gencli's default preset: greedy decoding that does not loop. Without these two, small models
+# (the bundled demo one especially) repeat a phrase within a few dozen tokens.
+BUILT_IN_DEFAULTS: dict[str, Any] = {"repetition_penalty": 1.2, "no_repeat_ngram_size": 3}
+
+
+def requirement(key: str) -> str:
+    return Settings.model_fields[key].json_schema_extra["requirement"]
+
+
+def help_text(key: str) -> str:
+    return Settings.model_fields[key].description or ""
+
+
+def default_value(key: str) -> Any:
+    return BUILT_IN_DEFAULTS.get(key, Settings.model_fields[key].default)
+
+
+class SettingError(GencliError):
+    """A value the schema refuses. `name` is how the user wrote the key (`--top-p`, `GENCLI_TOP_P`)."""
+
+    def __init__(self, key: str, value: Any, name: str | None = None):
+        self.key, self.value, self.name = key, value, name or repr(key)
+        super().__init__(f"{self.name} {requirement(key)}, got {value!r}")
+
+
+class UnknownSettingError(GencliError):
+    def __init__(self, keys: Iterable[str], where: str, known: Iterable[str] = SETTING_KEYS):
+        self.keys = sorted(keys)
+        unknown = ", ".join(map(repr, self.keys))
+        super().__init__(f"{where} has unknown key(s) {unknown}; known keys are: {', '.join(known)}")
+
+
+def check_values(
+    values: Mapping[str, Any], *, from_text: bool = False, name: Callable[[str], str] = repr
+) -> dict[str, Any]:
+    """`values` as the schema's types: typed values must already be of the key's type, text is parsed.
+
+    Raises SettingError for the first refused key (named by `name`); keys must be known."""
+    try:
+        checked = Settings.model_validate(dict(values), strict=not from_text)
+    except ValidationError as error:
+        key = str(error.errors()[0]["loc"][0])
+        raise SettingError(key, values.get(key), name(key)) from None
+    return {key: getattr(checked, key) for key in values}
+
+
+@dataclass(frozen=True)
+class Layer:
+    """The values one source sets; `describe(key)` says where a value came from, as the user wrote it."""
+
+    source: str
+    values: dict[str, Any]
+    describe: Callable[[str], str] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ResolvedSettings:
+    settings: Settings
+    origins: dict[str, str]  # key -> where its value came from ("default" when no layer set it)
+    # Generation options the checkpoint sets that gencli cannot honour identically in every mode.
+    ignored_checkpoint_keys: tuple[str, ...] = ()
+
+
+def resolve(layers: Iterable[Layer] = (), checkpoint_folder: Path | None = None) -> ResolvedSettings:
+    """Merge layers, weakest first, onto the built-in defaults; with `checkpoint_folder`, the
+    checkpoint's generation_config.json comes right above the defaults, as in Hugging Face."""
+    ignored: tuple[str, ...] = ()
+    if checkpoint_folder is not None:
+        checkpoint, ignored = checkpoint_layer(checkpoint_folder)
+        layers = [checkpoint, *layers]
+    values = {key: default_value(key) for key in SETTING_KEYS}
+    origins = dict.fromkeys(SETTING_KEYS, "default")
+    for layer in layers:
+        values.update(layer.values)
+        origins.update({key: layer.describe(key) for key in layer.values})
+    return ResolvedSettings(Settings(**values), origins, ignored)
+
+
+def gather_layers(
+    *,
+    config: Path | None = None,
+    preset: str | None = None,
+    command_line: Iterable[Layer] = (),
+    environ: Mapping[str, str] | None = None,
+) -> list[Layer]:
+    """The layers above the checkpoint's, weakest first: the user config file (if there is one),
+    --config FILE or --preset NAME, GENCLI_* variables, then the command line's own layers."""
+    if config is not None and preset is not None:
+        raise GencliError("--config and --preset both name a settings file; give one of them")
+    layers = []
+    user_file = user_config_path()
+    if user_file.exists():
+        layers.append(toml_layer(user_file, "user config"))
+    if config is not None:
+        layers.append(toml_layer(config, "--config"))
+    if preset is not None:
+        layers.append(toml_layer(preset_path(preset), f"--preset {preset}", f"preset {preset!r}"))
+    return [*layers, env_layer(environ), *command_line]
+
+
+# --- Sources -----------------------------------------------------------------------------------------
+
+
+def user_config_path() -> Path:
+    """The user's config file in the platform's config directory (honours XDG_CONFIG_HOME)."""
+    from platformdirs import user_config_path as platform_config_dir
+
+    return platform_config_dir("gencli") / "config.toml"
+
+
+def user_data_dir() -> Path:
+    """Where gencli keeps the run history (honours XDG_DATA_HOME)."""
+    from platformdirs import user_data_path
+
+    return user_data_path("gencli")
+
+
+def preset_names() -> tuple[str, ...]:
+    folder = resources.files("gencli") / "presets"
+    return tuple(
+        sorted(entry.name.removesuffix(".toml") for entry in folder.iterdir() if entry.name.endswith(".toml"))
+    )
+
+
+def preset_path(name: str) -> Path:
+    if name not in preset_names():
+        raise GencliError(f"unknown preset {name!r}; choose from {', '.join(preset_names())}")
+    return Path(str(resources.files("gencli") / "presets" / f"{name}.toml"))
+
+
+def toml_layer(path: Path, source: str, describe: str | None = None) -> Layer:
+    """A TOML file's keys; `source` names the file's role ('--config', 'user config', 'preset x')."""
+    where = describe or f"{source} {path}"
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GencliError(f"{where} does not exist; check the path") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise GencliError(f"cannot read {where}: {error}; check the path") from None
+    except tomllib.TOMLDecodeError as error:
+        raise GencliError(f"{where} is not valid TOML ({error}); fix the syntax") from None
+    unknown = set(data) - set(SETTING_KEYS)
+    if unknown:
+        raise UnknownSettingError(unknown, where)
+    values = check_values(data, name=lambda key: f"{key!r} in {where}")
+    return Layer(source, values, lambda key: where)
+
+
+def env_layer(environ: Mapping[str, str] | None = None) -> Layer:
+    """GENCLI_<KEY> variables, e.g. GENCLI_MAX_NEW_TOKENS=32; an unknown GENCLI_ name is refused."""
+    environ = os.environ if environ is None else environ
+    names = {ENV_PREFIX + key.upper(): key for key in SETTING_KEYS}
+    given = {name: value for name, value in environ.items() if name.startswith(ENV_PREFIX)}
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise GencliError(
+            f"unknown environment variable(s) {', '.join(unknown)}; gencli reads "
+            f"{ENV_PREFIX}<KEY> for the keys: {', '.join(SETTING_KEYS)}"
+        )
+    values = check_values(
+        {names[name]: value for name, value in given.items()}, from_text=True, name=env_name
+    )
+    return Layer("environment", values, env_name)
+
+
+def env_name(key: str) -> str:
+    return ENV_PREFIX + key.upper()
+
+
+# generation_config.json names that map onto gencli's keys.
+_CHECKPOINT_KEYS = {
+    "do_sample": "sample",
+    **{key: key for key in DECODING_KEYS if key not in ("seed", "stop")},
+}
+# Keys of generation_config.json that are not decoding choices.
+_CHECKPOINT_BOOKKEEPING = {
+    "_from_model_config",
+    "transformers_version",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "decoder_start_token_id",
+    "use_cache",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict_in_generate",
+}
+
+
+def checkpoint_layer(model_folder: Path) -> tuple[Layer, tuple[str, ...]]:
+    """The decoding options a checkpoint's generation_config.json sets, as Hugging Face's
+    `generate` would take them, and the keys in it that gencli cannot honour in every mode.
+
+    Only values the file sets take part; for the rest gencli's defaults hold (not Hugging Face's,
+    whose top_k is 50)."""
+    path = model_folder / "generation_config.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    taken = {_CHECKPOINT_KEYS[key]: value for key, value in data.items() if key in _CHECKPOINT_KEYS}
+    ignored = tuple(sorted(set(data) - set(_CHECKPOINT_KEYS) - _CHECKPOINT_BOOKKEEPING))
+    where = str(path)
+    # HF writes null for options it resets; those set nothing.
+    taken = {key: value for key, value in taken.items() if value is not None}
+    values = check_values(taken, name=lambda key: f"{key!r} in {where}")
+    return Layer("checkpoint", values, lambda key: where), ignored
+
+
+def text_values(pairs: Iterable[tuple[str, str]], name: Callable[[str], str]) -> dict[str, Any]:
+    """`-o KEY VALUE` pairs (or chat's `/set KEY VALUE`) as checked decoding options.
+
+    Hugging Face's own name `do_sample` is accepted for `sample`. Other Hugging Face generation
+    options are refused by name: gencli's hand-written loops could not honour them identically."""
+    values: dict[str, str] = {}
+    for key, value in pairs:
+        key = "sample" if key == "do_sample" else key
+        if key not in DECODING_KEYS:
+            raise GencliError(_unsupported_option(key, name(key)))
+        values[key] = value
+    return check_values(values, from_text=True, name=name)
+
+
+def _unsupported_option(key: str, written: str) -> str:
+    known = ", ".join(DECODING_KEYS)
+    if key in SETTING_KEYS:
+        return f"{written}: {key!r} is not a generation option; use --{key.replace('_', '-')}"
+    from transformers import GenerationConfig  # only on this error path: it is slow to import
+
+    if hasattr(GenerationConfig(), key):
+        return (
+            f"{written}: {key!r} is a Hugging Face generation option that gencli's modes cannot all "
+            f"honour identically; gencli takes: {known}"
+        )
+    return f"{written}: unknown generation option {key!r}; gencli takes: {known}"
+
+
+def check_prompt(prompt: str) -> None:
+    if not prompt.strip():
+        raise GencliError("the prompt is empty; pass PROMPT as an argument, -f FILE, or pipe text on stdin")
