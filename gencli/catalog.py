@@ -90,6 +90,8 @@ def safetensors_parameters(folder: Path) -> int | None:
     for file in files:
         with file.open("rb") as handle:
             (length,) = struct.unpack("<Q", handle.read(8))
+            if length > file.stat().st_size - 8:
+                raise ValueError(f"{file} is not a safetensors file: its header length is past its end")
             header = json.loads(handle.read(length))
         for name, tensor in header.items():
             if name != "__metadata__":

@@ -52,16 +52,32 @@ def _parameter(name: str, annotation: Any) -> inspect.Parameter:
     )
 
 
-def _setting(python_type: Any, key: str, *declarations: str, metavar: str | None = None) -> inspect.Parameter:
+def _setting(
+    python_type: Any,
+    key: str,
+    *declarations: str,
+    metavar: str | None = None,
+    autocompletion: Callable[[], list[str]] | None = None,
+) -> inspect.Parameter:
     """A flag for setting `key`: None when not given."""
     option = typer.Option(
-        *(declarations or (flag_name(key),)), help=_help(key), show_default=False, metavar=metavar
+        *(declarations or (flag_name(key),)),
+        help=_help(key),
+        show_default=False,
+        metavar=metavar,
+        autocompletion=autocompletion,
     )
     return _parameter(key, Annotated[python_type | None, option])
 
 
+def _model_names() -> list[str]:
+    from gencli.catalog import list_models
+
+    return [entry.name for entry in list_models() if entry.runnable]
+
+
 MODEL: OptionSet = (
-    _setting(str, "model", "--model", "-m"),
+    _setting(str, "model", "--model", "-m", autocompletion=_model_names),
     _setting(Device, "device"),
     _setting(Dtype, "dtype"),
     _setting(bool, "fallback", "--fallback/--no-fallback"),

@@ -20,6 +20,12 @@ OPTION_SETS = {
     ),
     "sample+hot": DecodingOptions(max_new_tokens=24, sample=True, seed=2, temperature=1.5),
     "default preset": DecodingOptions(max_new_tokens=24, repetition_penalty=1.2, no_repeat_ngram_size=3),
+    # Options reached through -o: each is one of Hugging Face's processors, built in generate's order.
+    "sample+min_p": DecodingOptions(max_new_tokens=24, sample=True, seed=3, temperature=1.3, min_p=0.05),
+    "sample+typical+cutoffs": DecodingOptions(
+        max_new_tokens=24, sample=True, seed=4, typical_p=0.9, epsilon_cutoff=1e-4, eta_cutoff=1e-3
+    ),
+    "greedy+suppress": DecodingOptions(max_new_tokens=24, suppress_tokens=(11, 13, 198)),
 }
 
 
@@ -94,3 +100,24 @@ def test_ignore_eos_generates_past_the_end_token_in_every_mode(tiny, eos_as):
     assert_all_equal(results)
     assert results["generate"].token_ids == free_run
     assert results["generate"].finish_reason == "length"
+
+
+def test_min_new_tokens_holds_back_eos_in_every_mode(tiny, eos_as):
+    options = OPTION_SETS["greedy"]
+    free_run = generate_text(tiny, PROMPTS[0], "generate", options).token_ids
+    index = first_new_token_index(free_run, 2)
+    loaded = eos_as(free_run[index])
+    held = DecodingOptions(**{**vars(options), "min_new_tokens": index + 3})
+    results = run_all_modes(loaded, PROMPTS[0], held)
+    assert_all_equal(results)
+    token_ids = results["generate"].token_ids
+    assert free_run[index] not in token_ids[: index + 3]  # no EOS before the minimum
+    assert token_ids[:index] == free_run[:index]
+
+
+def test_suppressed_tokens_never_appear(tiny):
+    free_run = generate_text(tiny, PROMPTS[0], "kv-cache", OPTION_SETS["greedy"]).token_ids
+    banned = tuple(sorted(set(free_run[:6])))
+    options = DecodingOptions(max_new_tokens=24, suppress_tokens=banned)
+    token_ids = generate_text(tiny, PROMPTS[0], "kv-cache", options).token_ids
+    assert not set(token_ids) & set(banned)

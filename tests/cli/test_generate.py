@@ -243,3 +243,33 @@ def test_closed_pipe_exits_quietly(tiny_model_dir):
     stderr = process.stderr.read()
     assert process.wait(timeout=60) != 0
     assert stderr == b"", stderr
+
+
+def test_checkpoint_generation_config_takes_part_and_beam_search_does_not_leak(tmp_path):
+    from tests.conftest import save_tiny_model
+
+    folder = save_tiny_model(tmp_path / "model")
+    (folder / "generation_config.json").write_text(
+        json.dumps({"num_beams": 4, "no_repeat_ngram_size": 2, "eos_token_id": 50256, "bos_token_id": 50256})
+    )
+    texts = set()
+    for mode in ("generate", "kv-cache"):
+        result = gencli("Hello world", "--model", folder, "-n", 12, "--mode", mode, "--json", "-q")
+        assert result.exit_code == 0, result.output
+        assert result.stderr == (
+            "gencli: the checkpoint's generation_config.json sets num_beams, which gencli cannot run "
+            "identically in every mode: ignored\n"
+        )
+        texts.add(tuple(json.loads(result.stdout)["token_ids"]))
+    assert len(texts) == 1  # generate mode ran no beam search
+
+
+def test_a_bad_checkpoint_value_names_the_file(tmp_path):
+    from tests.conftest import save_tiny_model
+
+    folder = save_tiny_model(tmp_path / "model")
+    (folder / "generation_config.json").write_text(json.dumps({"top_p": 3.0}))
+    assert_one_line_error(
+        gencli("Hi", "--model", folder),
+        f"'top_p' in {folder / 'generation_config.json'} must be a number in (0, 1]",
+    )
