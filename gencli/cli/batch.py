@@ -8,14 +8,12 @@ from typing import Annotated, Any
 
 import typer
 
-from gencli.cli.edge import load, notice, startup_status
-from gencli.cli.generate import notice_ignored_checkpoint_keys
-from gencli.cli.options import DECODING, MODEL, SOURCES, command_line_layers, with_options
+from gencli.cli.edge import load_with_settings, notice, startup_status
+from gencli.cli.options import DECODING, DTYPE, MODEL, SOURCES, command_line_layers, with_options
 from gencli.errors import GencliError
-from gencli.settings import resolve
 
 
-@with_options(DECODING, MODEL, SOURCES)
+@with_options(DECODING, MODEL, DTYPE, SOURCES)
 def batch(
     input_path: Annotated[
         Path,
@@ -45,7 +43,6 @@ def batch(
     one random stream, so they differ from single runs with the same seed.
     """
     layers = command_line_layers(flags)
-    settings = resolve(layers).settings
     if batch_size < 1:
         raise GencliError(f"--batch-size must be at least 1, got {batch_size}")
     if resume and output is None:
@@ -56,12 +53,10 @@ def batch(
         raise GencliError(f"cannot read {input_path}: {problem}; check the path") from None
 
     with startup_status("starting") as step:
-        loaded = load(settings, step)
+        loaded, resolved = load_with_settings(layers, step)
         from gencli import render
         from gencli.batch import finished_ids, run_batch
 
-    resolved = resolve(layers, loaded.folder)
-    notice_ignored_checkpoint_keys(resolved)
     skip = finished_ids(output) if resume and output.exists() else set()
     target = open(output, "a" if resume else "w", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
     failures = 0

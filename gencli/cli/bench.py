@@ -9,6 +9,7 @@ import typer
 
 from gencli.cli.edge import load, startup_status
 from gencli.cli.options import (
+    DTYPE,
     MODEL,
     SOURCES,
     ArchOption,
@@ -32,7 +33,7 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
-@with_options(MODEL, SOURCES)
+@with_options(MODEL, DTYPE, SOURCES)
 def bench(
     arch: ArchOption = None,
     modes: ModesOption = None,

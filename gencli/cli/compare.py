@@ -6,10 +6,10 @@ from typing import Any
 
 import typer
 
-from gencli.cli.edge import load, startup_status
-from gencli.cli.generate import notice_ignored_checkpoint_keys
+from gencli.cli.edge import load_with_settings, startup_status
 from gencli.cli.options import (
     DECODING,
+    DTYPE,
     MODEL,
     SOURCES,
     ArchOption,
@@ -22,10 +22,10 @@ from gencli.cli.options import (
     read_prompt,
     with_options,
 )
-from gencli.settings import check_prompt, resolve
+from gencli.settings import check_prompt
 
 
-@with_options(DECODING, MODEL, SOURCES)
+@with_options(DECODING, MODEL, DTYPE, SOURCES)
 def compare(
     prompt: PromptArgument = None,
     file: PromptFileOption = None,
@@ -41,17 +41,14 @@ def compare(
     near-tie that float rounding can flip, a large one is a bug. Exits 1 when modes disagree.
     """
     layers = command_line_layers(flags)
-    settings = resolve(layers).settings
     text = read_prompt(prompt, file)
     check_prompt(text)
     chosen = chosen_modes(modes)
     with startup_status("starting") as step:
-        loaded = load(settings, step, arch)
+        loaded, resolved = load_with_settings(layers, step, arch)
         from gencli import render
         from gencli.compare import compare_modes
 
-    resolved = resolve(layers, loaded.folder)
-    notice_ignored_checkpoint_keys(resolved)
     comparison = compare_modes(loaded, text, resolved.settings.decoding, chosen)
     if as_json:
         render.print_json(comparison.to_dict())

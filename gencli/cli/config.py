@@ -9,6 +9,7 @@ import typer
 from gencli.cli.edge import GencliCommand
 from gencli.cli.options import (
     DECODING,
+    DTYPE,
     LOG,
     MODE,
     MODEL,
@@ -26,7 +27,7 @@ config_app = typer.Typer(
 
 
 @config_app.command(cls=GencliCommand)
-@with_options(MODE, DECODING, MODEL, SOURCES, LOG)
+@with_options(MODE, DECODING, MODEL, DTYPE, SOURCES, LOG)
 def show(as_json: JsonOption = False, flags: dict[str, Any] | None = None) -> None:
     """Print every setting's effective value and where it came from. Takes the same options as
     generate, so it shows what a run with them would use."""

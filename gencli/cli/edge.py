@@ -7,12 +7,16 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 import typer.core
 
 from gencli.errors import GencliError
+from gencli.settings import Layer, ResolvedSettings, Settings, resolve
+
+if TYPE_CHECKING:
+    from gencli.loading import LoadedModel
 
 EXIT_INTERRUPTED = 130
 # When the command started, for the total time in the stats line (imports of the CLI excluded).
@@ -118,7 +122,7 @@ def startup_status(first_step: str) -> Iterator[Callable[[str], None]]:
         status.stop()
 
 
-def load(settings: Any, step: Callable[[str], None], arch: str | None = None) -> Any:
+def load(settings: Settings, step: Callable[[str], None], arch: str | None = None) -> LoadedModel:
     """Load the model the settings name (or `arch` with random weights), naming each step on the
     start-up status; tell when the demo model stands in."""
     step("importing torch and transformers")
@@ -132,3 +136,19 @@ def load(settings: Any, step: Callable[[str], None], arch: str | None = None) ->
     if loaded.fallback_reason:
         notice(loaded.fallback_reason)
     return loaded
+
+
+def load_with_settings(
+    layers: list[Layer], step: Callable[[str], None], arch: str | None = None
+) -> tuple[LoadedModel, ResolvedSettings]:
+    """Load the model the layers name, then resolve them again with the checkpoint's
+    generation_config.json beneath them: only the loaded model tells which folder that is.
+    Returns (loaded model, resolved settings)."""
+    loaded = load(resolve(layers).settings, step, arch)
+    resolved = resolve(layers, loaded.folder)
+    if resolved.ignored_checkpoint_keys:
+        notice(
+            f"the checkpoint's generation_config.json sets {', '.join(resolved.ignored_checkpoint_keys)}, "
+            "which gencli cannot run identically in every mode: ignored"
+        )
+    return loaded, resolved

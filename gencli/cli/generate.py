@@ -8,9 +8,10 @@ from typing import Annotated, Any
 
 import typer
 
-from gencli.cli.edge import EXIT_INTERRUPTED, STARTED, load, notice, startup_status
+from gencli.cli.edge import EXIT_INTERRUPTED, STARTED, load_with_settings, notice, startup_status
 from gencli.cli.options import (
     DECODING,
+    DTYPE,
     LOG,
     MODE,
     MODEL,
@@ -24,18 +25,10 @@ from gencli.cli.options import (
     with_options,
 )
 from gencli.errors import GencliError
-from gencli.settings import ResolvedSettings, check_prompt, resolve
+from gencli.settings import check_prompt
 
 
-def notice_ignored_checkpoint_keys(resolved: ResolvedSettings) -> None:
-    if resolved.ignored_checkpoint_keys:
-        notice(
-            f"the checkpoint's generation_config.json sets {', '.join(resolved.ignored_checkpoint_keys)}, "
-            "which gencli cannot run identically in every mode: ignored"
-        )
-
-
-@with_options(MODE, DECODING, MODEL, SOURCES, LOG)
+@with_options(MODE, DECODING, MODEL, DTYPE, SOURCES, LOG)
 def generate(
     prompt: PromptArgument = None,
     file: PromptFileOption = None,
@@ -76,20 +69,17 @@ def generate(
     as model.generate. With --sample, a run without --seed picks a random seed (shown in --json).
     """
     layers = command_line_layers(flags)
-    settings = resolve(layers).settings
     text = read_prompt(prompt, file)
     check_prompt(text)
     if prompt_cache_ro and prompt_cache is None:
         raise GencliError("--prompt-cache-ro needs --prompt-cache FILE")
 
     with startup_status("starting") as step:
-        loaded = load(settings, step)
+        loaded, resolved = load_with_settings(layers, step)
         from gencli import render
         from gencli.engines import ENGINES
         from gencli.generation import GenerationInterrupted, PromptCacheFile, generate_text
 
-    resolved = resolve(layers, loaded.folder)
-    notice_ignored_checkpoint_keys(resolved)
     settings = resolved.settings
     cache_file = PromptCacheFile(prompt_cache, prompt_cache_ro) if prompt_cache else None
     writer = None if as_json else render.TextWriter()

@@ -79,9 +79,9 @@ def _model_names() -> list[str]:
 MODEL: OptionSet = (
     _setting(str, "model", "--model", "-m", autocompletion=_model_names),
     _setting(Device, "device"),
-    _setting(Dtype, "dtype"),
     _setting(bool, "fallback", "--fallback/--no-fallback"),
 )
+DTYPE: OptionSet = (_setting(Dtype, "dtype"),)
 MODE: OptionSet = (_setting(Mode, "mode"),)
 DECODING: OptionSet = (
     _setting(int, "max_new_tokens", "--max-new-tokens", "-n"),
