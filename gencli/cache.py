@@ -81,3 +81,22 @@ def snapshot_cache(cache: Cache | ScratchCache, new_tokens: int) -> CacheSnapsho
     return CacheSnapshot(
         new_tokens=new_tokens, seq_len=int(cache.get_seq_length()), layers=describe_cache(cache)
     )
+
+
+def crop_cache(cache: Cache | ScratchCache, length: int) -> None:
+    """Forget every position from `length` on, without recomputing anything.
+
+    A preallocated cache (`StaticCache`, scratch) only moves its fill mark back: the stale
+    positions are overwritten by the next tokens, and until then the causal mask hides them.
+    A `DynamicCache` drops them."""
+    current = int(cache.get_seq_length())
+    if length >= current:
+        return
+    for layer in cache.layers:
+        if hasattr(layer, "length"):  # gencli.scratch KVCache
+            layer.length = length
+        elif hasattr(layer, "cumulative_length"):  # transformers StaticLayer
+            layer.cumulative_length.fill_(length)
+        else:
+            cache.crop(length - current)  # DynamicCache: a negative count removes that many
+            return

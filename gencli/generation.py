@@ -23,9 +23,10 @@ from transformers.generation.streamers import BaseStreamer, TextStreamer
 
 from gencli import prompt_cache as prompt_cache_files
 from gencli.cache import CacheSnapshot, snapshot_cache
-from gencli.engines import ENGINES, DecodeRequest
+from gencli.engines import DecodeRequest
 from gencli.errors import GencliError
 from gencli.loading import LoadedModel
+from gencli.prefix import CachedPrefix, reusable_length
 from gencli.settings import DecodingOptions, check_prompt
 
 FinishReason = Literal["eos", "length", "stop", "interrupted"]
@@ -253,21 +254,27 @@ def generate_text(
     inspect_cache: CacheInspection | None = None,
     prompt_cache: PromptCacheFile | None = None,
     on_notice: Callable[[str], None] | None = None,
+    prefix: CachedPrefix | None = None,
 ) -> GenerationResult:
     """Continue `prompt` (text or token ids) with the given mode; stream text to `on_text`.
 
+    `prefix`: a cache kept across runs (a chat session's); the prompt reuses what it shares with
+    it, and it holds this run's tokens afterwards. Without one, a fresh cache is made.
     With `prompt_cache`, reuse and update a prompt cache file; `on_notice` hears why a file
-    was refused."""
-    engine = ENGINES[mode]()
+    was refused, or could not be written."""
+    engine = loaded.engine(mode)
     prompt_ids = encode_prompt(loaded, prompt, options.max_new_tokens)
     input_ids = torch.tensor([prompt_ids], device=loaded.device)
     stopping = build_stopping_criteria(loaded, len(prompt_ids), options)
-    cache = engine.new_cache(loaded.model, len(prompt_ids) + options.max_new_tokens)
-    restored, save_prompt = 0, False
+    if prefix is None and engine.uses_cache:
+        prefix = CachedPrefix(engine.new_cache(len(prompt_ids) + options.max_new_tokens))
+    save_prompt = False
     if prompt_cache is not None:
-        if cache is None:
+        if prefix is None:
             raise GencliError(f"--prompt-cache needs a mode with a KV cache; {mode} mode has none")
-        restored, save_prompt = _restore_prompt_cache(loaded, prompt_cache, prompt_ids, cache, on_notice)
+        save_prompt = _restore_prompt_cache(loaded, prompt_cache, prompt_ids, prefix, on_notice)
+    reused = prefix.reuse(prompt_ids) if prefix is not None else 0
+    cache = prefix.cache if prefix is not None else None
 
     # In greedy mode there is no cache: an inspection then reports an empty list.
     snapshots: list[CacheSnapshot] | None = [] if inspect_cache else None
@@ -283,10 +290,9 @@ def generate_text(
         torch.manual_seed(seed)
 
     text_streamer = _TextCallbackStreamer(loaded.tokenizer, on_text) if on_text else None
-    timer = _PrefillTimer(engine.forward_module(loaded.model))
+    timer = _PrefillTimer(engine.forward_module)
     streamer = _RecordingStreamer(time.perf_counter(), text_streamer, on_new_token)
     request = DecodeRequest(
-        model=loaded.model,
         tokenizer=loaded.tokenizer,
         input_ids=input_ids,
         options=options,
@@ -298,8 +304,10 @@ def generate_text(
 
     def result(reason: FinishReason | None) -> GenerationResult:
         new_ids = streamer.token_ids
+        if prefix is not None:
+            prefix.record(prompt_ids + new_ids)
         if save_prompt and new_ids:  # the cache holds the whole prompt once a token is chosen
-            prompt_cache_files.save(prompt_cache.path, loaded, prompt_ids, cache)
+            _save_prompt_cache(loaded, prompt_cache, prompt_ids, cache, on_notice)
         # After the last token the cache no longer changes: the last step's snapshot is the final one.
         if (
             snapshots is not None
@@ -326,7 +334,7 @@ def generate_text(
             device=str(loaded.device),
             dtype=str(loaded.dtype).removeprefix("torch."),
             cache_snapshots=snapshots,
-            prompt_cache_tokens=restored,
+            prompt_cache_tokens=reused,
         )
 
     try:
@@ -343,20 +351,36 @@ def _restore_prompt_cache(
     loaded: LoadedModel,
     request: PromptCacheFile,
     prompt_ids: list[int],
-    cache: Any,
+    prefix: CachedPrefix,
     on_notice: Callable[[str], None] | None,
-) -> tuple[int, bool]:
-    """Fill `cache` from the file where it fits this prompt: (positions restored, whether to
-    write the file after this run)."""
+) -> bool:
+    """Fill `prefix` with the file's positions this prompt can reuse; return whether to write
+    the file after this run."""
     if not request.path.exists():
-        return 0, not request.read_only
+        return not request.read_only
     try:
         stored = prompt_cache_files.load(request.path, loaded)
-        length = prompt_cache_files.reusable_length(stored, prompt_ids)
     except prompt_cache_files.PromptCacheRefused as refusal:
         if on_notice:
             action = "left as it is (--prompt-cache-ro)" if request.read_only else "it will be rewritten"
             on_notice(f"prompt cache {request.path} {refusal}: not used, {action}")
-        return 0, not request.read_only
-    prompt_cache_files.restore(stored, length, cache)
-    return length, not request.read_only and stored.token_ids != prompt_ids
+        return not request.read_only
+    length = reusable_length(stored.token_ids, prompt_ids)
+    prompt_cache_files.restore(stored, length, prefix.cache)
+    prefix.token_ids = stored.token_ids[:length]
+    return not request.read_only and stored.token_ids != prompt_ids
+
+
+def _save_prompt_cache(
+    loaded: LoadedModel,
+    request: PromptCacheFile,
+    prompt_ids: list[int],
+    cache: Any,
+    on_notice: Callable[[str], None] | None,
+) -> None:
+    """A cache that cannot be written costs a notice, never the output already generated."""
+    try:
+        prompt_cache_files.save(request.path, loaded, prompt_ids, cache)
+    except OSError as problem:
+        if on_notice:
+            on_notice(f"could not write the prompt cache {request.path}: {problem.strerror or problem}")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -20,6 +21,9 @@ from gencli.catalog import (
 )
 from gencli.errors import GencliError
 from gencli.hub import ModelUnavailable, download_model, hub_is_reachable, quiet_libraries
+
+if TYPE_CHECKING:
+    from gencli.engines import Engine
 
 BUNDLED_TOKENIZER = resources.files("gencli") / "assets" / "gpt2-tokenizer"
 GPT2_VOCAB_SIZE = 50257
@@ -36,6 +40,16 @@ class LoadedModel:
     load_s: float | None = None  # seconds to load it (imports excluded)
     # Why the bundled demo model stands in for the one asked for, when it does.
     fallback_reason: str | None = None
+    _engines: dict[str, Engine] = field(default_factory=dict, repr=False)
+
+    def engine(self, mode: str) -> Engine:
+        """The mode's engine for this model, built on first use and kept (the fast paths copy
+        weights once)."""
+        from gencli.engines import ENGINES
+
+        if mode not in self._engines:
+            self._engines[mode] = ENGINES[mode](self.model)
+        return self._engines[mode]
 
     @property
     def device(self) -> torch.device:

@@ -1,9 +1,9 @@
-"""Prompt caches on disk: the model's keys and values for a prompt, reused by a later prompt that
-starts with the same tokens, so that only the rest needs a prefill.
+"""Prompt caches on disk: the model's keys and values for a prompt, reused by a later prompt for
+the tokens the two share at the start (`gencli.prefix`), so that only the rest needs a prefill.
 
 The file is safetensors (tensors and string metadata, nothing executable). A file for another
-model, dtype, device type or format, for a prompt that is not a prefix, or a damaged file is
-refused with a reason, never used: the output with a cache is always the output without one.
+model, dtype, device type or format, or a damaged file is refused with a reason, never used:
+the output with a cache is always the output without one.
 """
 
 from __future__ import annotations
@@ -89,14 +89,6 @@ def load(path: Path, loaded: LoadedModel) -> StoredPrompt:
     if not token_ids or any(tuple(t.shape) != shape for t in keys + values):
         raise PromptCacheRefused("is damaged (tensor shapes do not match its prompt)")
     return StoredPrompt(token_ids, keys, values)
-
-
-def reusable_length(stored: StoredPrompt, prompt_ids: list[int]) -> int:
-    """How many cached positions this prompt can reuse. At least the last prompt token is always
-    run, because its logits choose the first new token."""
-    if prompt_ids[: len(stored.token_ids)] != stored.token_ids:
-        raise PromptCacheRefused("was made for a prompt that this prompt does not start with")
-    return min(len(stored.token_ids), len(prompt_ids) - 1)
 
 
 def save(path: Path, loaded: LoadedModel, prompt_ids: list[int], cache: object) -> None:

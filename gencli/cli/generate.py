@@ -77,7 +77,6 @@ def generate(
     with startup_status("starting") as step:
         loaded, resolved = load_with_settings(layers, step)
         from gencli import render
-        from gencli.engines import ENGINES
         from gencli.generation import GenerationInterrupted, PromptCacheFile, generate_text
 
     settings = resolved.settings
@@ -101,7 +100,7 @@ def generate(
     if inspection and not as_json:
         render.print_cache_report(
             settings.mode,
-            ENGINES[settings.mode].uses_cache,
+            loaded.engine(settings.mode).uses_cache,
             result.cache_snapshots or [],
             inspection == "steps",
             console,

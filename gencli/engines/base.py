@@ -1,14 +1,13 @@
-"""The interface every decoding mode implements, and the token loop the hand-written modes share."""
+"""The interface every decoding mode implements, and the token loops the hand-written modes share."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteriaList
-from transformers.cache_utils import Cache
 from transformers.generation.streamers import BaseStreamer
 
 from gencli.sampling import build_logits_processors, select_next_token
@@ -19,7 +18,6 @@ from gencli.settings import DecodingOptions
 class DecodeRequest:
     """Everything a mode needs to continue one prompt (batch size 1)."""
 
-    model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     input_ids: torch.Tensor
     options: DecodingOptions
@@ -28,19 +26,26 @@ class DecodeRequest:
     # Receives the prompt ids first, then every new token as soon as it is chosen, exactly as
     # `generate` feeds its streamer; all output (text, timings, cache snapshots) comes from it.
     streamer: BaseStreamer
-    cache: Cache | None
+    # The mode's KV cache; it may already hold a prefix of the prompt, which is then not run again.
+    cache: Any
 
 
 class Engine(ABC):
+    """One decoding mode, built once per loaded model (`LoadedModel.engine(mode)`) and reused."""
+
     name: ClassVar[str]
     uses_cache: ClassVar[bool]
 
-    def forward_module(self, model: PreTrainedModel) -> torch.nn.Module:
-        """The module whose forward passes this mode runs (its first one is the prefill)."""
-        return model
+    def __init__(self, model: PreTrainedModel):
+        self.model = model
 
-    def new_cache(self, model: PreTrainedModel, max_length: int) -> Cache | None:
-        """A cache for `max_length` positions (prompt + new tokens), or None for a mode without one."""
+    @property
+    def forward_module(self) -> torch.nn.Module:
+        """The module whose forward passes this mode runs (its first one is the prefill)."""
+        return self.model
+
+    def new_cache(self, max_length: int) -> Any:
+        """A cache for `max_length` positions, or None for a mode without one."""
         return None
 
     @abstractmethod
@@ -65,6 +70,22 @@ class StepEngine(Engine):
             logits = self.prefill(request)
             decode_n_tokens(self, request, logits)
         request.streamer.end()
+
+
+class CachedStepEngine(StepEngine):
+    """A loop over a KV cache: each forward pass runs only the positions the cache lacks, so the
+    prefill skips a prefix the cache already holds and a decode step runs one token."""
+
+    def prefill(self, request: DecodeRequest) -> torch.Tensor:
+        return self.next_logits(request.cache, request.input_ids[:, int(request.cache.get_seq_length()) :])
+
+    def decode_one_token(self, request: DecodeRequest, sequence: torch.Tensor) -> torch.Tensor:
+        return self.next_logits(request.cache, sequence[:, -1:])
+
+    @abstractmethod
+    def next_logits(self, cache: Any, new_tokens: torch.Tensor) -> torch.Tensor:
+        """Run `new_tokens` ([batch, new]) after what `cache` holds, storing their keys and values;
+        return the logits for the token after the last one, [batch, vocab]."""
 
 
 def decode_n_tokens(engine: StepEngine, request: DecodeRequest, logits: torch.Tensor) -> torch.Tensor:

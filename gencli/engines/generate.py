@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from transformers import GenerationConfig, PreTrainedModel
+from transformers import GenerationConfig
 from transformers.cache_utils import DynamicCache
 
 from gencli.engines.base import DecodeRequest, Engine
@@ -14,27 +14,26 @@ class HFGenerateEngine(Engine):
     name = "generate"
     uses_cache = True
 
-    def new_cache(self, model: PreTrainedModel, max_length: int) -> DynamicCache:
+    def new_cache(self, max_length: int) -> DynamicCache:
         # Passing our own cache object lets gencli inspect it while and after `generate` runs.
-        return DynamicCache(config=model.config)
+        return DynamicCache(config=self.model.config)
 
     def decode(self, request: DecodeRequest) -> None:
         # generate fills every option left unset from the model's own generation_config; gencli
         # has already taken the checkpoint's options into its settings, so it runs on a clean one
         # that keeps only the special tokens (a checkpoint's num_beams, say, must not leak in).
-        checkpoint_config = request.model.generation_config
-        request.model.generation_config = GenerationConfig(
+        checkpoint_config = self.model.generation_config
+        self.model.generation_config = GenerationConfig(
             bos_token_id=checkpoint_config.bos_token_id, eos_token_id=checkpoint_config.eos_token_id
         )
         try:
             self._generate(request)
         finally:
-            request.model.generation_config = checkpoint_config
+            self.model.generation_config = checkpoint_config
 
-    @staticmethod
-    def _generate(request: DecodeRequest) -> None:
+    def _generate(self, request: DecodeRequest) -> None:
         with torch.inference_mode():
-            request.model.generate(
+            self.model.generate(
                 request.input_ids,
                 attention_mask=torch.ones_like(request.input_ids),
                 past_key_values=request.cache,

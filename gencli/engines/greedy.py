@@ -1,6 +1,7 @@
 """`greedy` mode: no cache, so every step runs the whole sequence through the model again.
 
 Step t costs a forward pass over prompt + t tokens: total work grows quadratically with length.
+(The name is historical: like every mode, it samples too when asked.)
 """
 
 from __future__ import annotations
@@ -10,17 +11,16 @@ import torch
 from gencli.engines.base import DecodeRequest, StepEngine
 
 
-class NoCacheEngine(StepEngine):
+class GreedyEngine(StepEngine):
     name = "greedy"
     uses_cache = False
 
     def prefill(self, request: DecodeRequest) -> torch.Tensor:
-        return self._next_logits(request, request.input_ids)
+        return self._next_logits(request.input_ids)
 
     def decode_one_token(self, request: DecodeRequest, sequence: torch.Tensor) -> torch.Tensor:
-        return self._next_logits(request, sequence)
+        return self._next_logits(sequence)
 
-    @staticmethod
-    def _next_logits(request: DecodeRequest, sequence: torch.Tensor) -> torch.Tensor:
+    def _next_logits(self, sequence: torch.Tensor) -> torch.Tensor:
         # logits_to_keep=1: the head runs on the last position only, the one we sample from.
-        return request.model(sequence, use_cache=False, logits_to_keep=1).logits[:, -1]
+        return self.model(sequence, use_cache=False, logits_to_keep=1).logits[:, -1]

@@ -6,41 +6,27 @@ the same tokens as the other modes.
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 from transformers import PreTrainedModel
 
-from gencli.engines.base import DecodeRequest, StepEngine
+from gencli.engines.base import CachedStepEngine
 from gencli.scratch.model import ScratchCache, ScratchGPT2
 
-# One conversion per loaded model, reused by every run in the process.
-_converted: weakref.WeakKeyDictionary[PreTrainedModel, ScratchGPT2] = weakref.WeakKeyDictionary()
 
-
-def scratch_model_for(model: PreTrainedModel) -> ScratchGPT2:
-    if model not in _converted:
-        _converted[model] = ScratchGPT2.from_hf(model)
-    return _converted[model]
-
-
-class ScratchEngine(StepEngine):
+class ScratchEngine(CachedStepEngine):
     name = "scratch"
     uses_cache = True
 
-    def forward_module(self, model: PreTrainedModel) -> ScratchGPT2:
-        return scratch_model_for(model)
+    def __init__(self, model: PreTrainedModel):
+        super().__init__(model)
+        self.scratch = ScratchGPT2.from_hf(model)
 
-    def new_cache(self, model: PreTrainedModel, max_length: int) -> ScratchCache:
-        return scratch_model_for(model).new_cache(batch=1, max_length=max_length)
+    @property
+    def forward_module(self) -> ScratchGPT2:
+        return self.scratch
 
-    def prefill(self, request: DecodeRequest) -> torch.Tensor:
-        # Positions a prompt cache already holds are not run again.
-        return self._next_logits(request, request.input_ids[:, request.cache.get_seq_length() :])
+    def new_cache(self, max_length: int) -> ScratchCache:
+        return self.scratch.new_cache(batch=1, max_length=max_length)
 
-    def decode_one_token(self, request: DecodeRequest, sequence: torch.Tensor) -> torch.Tensor:
-        return self._next_logits(request, sequence[:, -1:])
-
-    @staticmethod
-    def _next_logits(request: DecodeRequest, new_tokens: torch.Tensor) -> torch.Tensor:
-        return scratch_model_for(request.model)(new_tokens, cache=request.cache)[:, -1]
+    def next_logits(self, cache: ScratchCache, new_tokens: torch.Tensor) -> torch.Tensor:
+        return self.scratch(new_tokens, cache=cache)[:, -1]
