@@ -14,15 +14,18 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class LayerCacheInfo:
-    """`key_shape`/`value_shape` cover the filled positions; `capacity` is how many positions are
-    allocated (more than filled for a preallocated cache), and `bytes` what the layer holds."""
+    """`key_shape`/`value_shape` cover the `positions` in use; `capacity` is how many positions
+    are allocated (more than in use for a preallocated cache). `used_bytes` is what the positions
+    in use take, `bytes` what the layer has allocated."""
 
     layer: int
     key_shape: tuple[int, ...]
     value_shape: tuple[int, ...]
     dtype: str
-    bytes: int
+    positions: int
     capacity: int
+    used_bytes: int
+    bytes: int
 
     def to_dict(self) -> dict[str, Any]:
         info = asdict(self)
@@ -42,10 +45,20 @@ class CacheSnapshot:
     def total_bytes(self) -> int:
         return sum(layer.bytes for layer in self.layers)
 
+    @property
+    def used_bytes(self) -> int:
+        return sum(layer.used_bytes for layer in self.layers)
+
+    @property
+    def capacity(self) -> int:
+        return max((layer.capacity for layer in self.layers), default=0)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "new_tokens": self.new_tokens,
             "seq_len": self.seq_len,
+            "capacity": self.capacity,
+            "used_bytes": self.used_bytes,
             "total_bytes": self.total_bytes,
             "layers": [layer.to_dict() for layer in self.layers],
         }
@@ -70,8 +83,10 @@ def describe_cache(cache: Cache | ScratchCache) -> tuple[LayerCacheInfo, ...]:
                 key_shape=_filled(keys.shape, seq_len),
                 value_shape=_filled(values.shape, seq_len),
                 dtype=str(keys.dtype).removeprefix("torch."),
-                bytes=keys.nbytes + values.nbytes,
+                positions=seq_len,
                 capacity=keys.shape[2],
+                used_bytes=(keys.nbytes + values.nbytes) * seq_len // max(keys.shape[2], 1),
+                bytes=keys.nbytes + values.nbytes,
             )
         )
     return tuple(layers)

@@ -175,23 +175,35 @@ def _shape(shape: tuple[int, ...]) -> str:
 
 def cache_table(snapshot: CacheSnapshot, when: str) -> Table:
     table = Table(
-        title=f"KV cache {when}: {snapshot.seq_len} positions, {_human_bytes(snapshot.total_bytes)}",
+        title=f"KV cache {when}: {snapshot.seq_len} of {snapshot.capacity} positions in use, "
+        f"{_human_bytes(snapshot.used_bytes)} of {_human_bytes(snapshot.total_bytes)} allocated",
         title_justify="left",
-        caption=escape("shapes are [batch, heads, seq, head_dim]; capacity: positions allocated"),
+        caption=escape(
+            "keys and values each [batch, heads, positions in use, head_dim]; kv-cache and scratch "
+            "allocate every position up front, generate's cache grows"
+        ),
         caption_justify="left",
     )
-    for column in ("layer", "key shape", "value shape", "dtype", "bytes"):
-        table.add_column(column, justify="right" if column in ("layer", "bytes") else "left")
+    for column in ("layer", "shape", "dtype", "positions", "bytes used", "allocated"):
+        table.add_column(column, justify="left" if column in ("shape", "dtype") else "right", no_wrap=True)
     for layer in snapshot.layers:
         table.add_row(
             str(layer.layer),
             _shape(layer.key_shape),
-            _shape(layer.value_shape),
             layer.dtype,
+            f"{layer.positions}/{layer.capacity}",
+            f"{layer.used_bytes:,}",
             f"{layer.bytes:,}",
         )
     table.add_section()
-    table.add_row("total", "", "", "", f"{snapshot.total_bytes:,}")
+    table.add_row(
+        "total",
+        "",
+        "",
+        f"{snapshot.seq_len}/{snapshot.capacity}",
+        f"{snapshot.used_bytes:,}",
+        f"{snapshot.total_bytes:,}",
+    )
     return table
 
 

@@ -31,9 +31,11 @@ def test_cache_shapes_after_prefill_and_at_the_end(tiny, mode):
             shape = (1, HEADS, snapshot.seq_len, HEAD_DIM)
             assert layer.key_shape == layer.value_shape == shape
             assert layer.dtype == "float32"
-            assert layer.capacity == capacity
+            assert layer.capacity == capacity and layer.positions == snapshot.seq_len
             assert layer.bytes == layer_bytes(capacity)
+            assert layer.used_bytes == layer_bytes(snapshot.seq_len)
         assert snapshot.total_bytes == sum(layer.bytes for layer in snapshot.layers)
+        assert snapshot.used_bytes == TINY_CONFIG["n_layer"] * layer_bytes(snapshot.seq_len)
 
 
 @pytest.mark.parametrize("mode", list(PREALLOCATED))
@@ -62,8 +64,10 @@ def test_cache_in_json_dict(tiny):
         "key_shape": [1, HEADS, 9, HEAD_DIM],
         "value_shape": [1, HEADS, 9, HEAD_DIM],
         "dtype": "float32",
-        "bytes": layer_bytes(10),
+        "positions": 9,
         "capacity": 10,
+        "used_bytes": layer_bytes(9),
+        "bytes": layer_bytes(10),
     }
 
 

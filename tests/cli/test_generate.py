@@ -72,7 +72,16 @@ def test_json_with_cache(tiny_model_dir):
     result = gencli("Hello world", "--model", tiny_model_dir, "-n", 3, "--json", "--inspect-cache")
     data = json.loads(result.stdout)
     assert [layer["key_shape"] for layer in data["cache"]] == [[1, 4, 4, 16], [1, 4, 4, 16]]
-    assert {"layer", "key_shape", "value_shape", "dtype", "bytes", "capacity"} == set(data["cache"][0])
+    assert set(data["cache"][0]) == {
+        "layer",
+        "key_shape",
+        "value_shape",
+        "dtype",
+        "positions",
+        "capacity",
+        "used_bytes",
+        "bytes",
+    }
     assert [s["seq_len"] for s in data["cache_snapshots"]] == [2, 4]
 
 
@@ -81,9 +90,10 @@ def test_inspect_cache_table(tiny_model_dir):
         "Hello world", "--model", tiny_model_dir, "-n", 3, "--mode", "kv-cache", "--inspect-cache", "-q"
     )
     assert result.exit_code == 0
-    assert "KV cache after prefill: 2 positions" in result.stderr
-    assert "KV cache at the end (3 new tokens): 4 positions" in result.stderr
-    assert "[1, 4, 4, 16]" in result.stderr and "[batch, heads, seq, head_dim]" in result.stderr
+    assert "KV cache after prefill: 2 of 5 positions in use" in result.stderr
+    assert "KV cache at the end (3 new tokens): 4 of 5 positions in use" in result.stderr
+    assert "4/5" in result.stderr  # positions used / allocated, per layer
+    assert "[1, 4, 4, 16]" in result.stderr and "keys and values each" in result.stderr
     assert "KV cache" not in result.stdout
 
 
