@@ -204,7 +204,7 @@ def build_stopping_criteria(
     if eos_token_id is not None:
         criteria.append(EosTokenCriteria(eos_token_id=eos_token_id))
     if options.stop:
-        criteria.append(StopStringCriteria(tokenizer=loaded.tokenizer, stop_strings=list(options.stop)))
+        criteria.append(loaded.stop_criterion(options.stop))
     return criteria
 
 

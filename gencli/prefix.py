@@ -39,7 +39,10 @@ class CachedPrefix:
 
     def reuse(self, prompt_ids: list[int]) -> int:
         """Crop the cache to what `prompt_ids` can reuse; return that many positions."""
-        length = reusable_length(self.token_ids, prompt_ids)
+        return self.keep(reusable_length(self.token_ids, prompt_ids))
+
+    def keep(self, length: int) -> int:
+        """Keep the first `length` positions and forget the rest, with no recompute."""
         crop_cache(self.cache, length)
         self.token_ids = self.token_ids[:length]
         return length

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from gencli.files import atomic_path
 from gencli.loading import LoadedModel
 
 FORMAT_VERSION = "1"
@@ -33,6 +33,8 @@ class StoredPrompt:
     token_ids: list[int]
     keys: list[torch.Tensor]  # per layer: [1, heads, len(token_ids), head_dim]
     values: list[torch.Tensor]
+    # What else the writer stored with it (a chat session's turns, say).
+    extra: dict[str, str]
 
 
 def model_fingerprint(loaded: LoadedModel) -> str:
@@ -88,21 +90,23 @@ def load(path: Path, loaded: LoadedModel) -> StoredPrompt:
     shape = (1, heads, len(token_ids), loaded.model.config.n_embd // heads)
     if not token_ids or any(tuple(t.shape) != shape for t in keys + values):
         raise PromptCacheRefused("is damaged (tensor shapes do not match its prompt)")
-    return StoredPrompt(token_ids, keys, values)
+    extra = {key: value for key, value in metadata.items() if key not in (*_MISMATCH_REASONS, "token_ids")}
+    return StoredPrompt(token_ids, keys, values, extra)
 
 
-def save(path: Path, loaded: LoadedModel, prompt_ids: list[int], cache: object) -> None:
-    """Write the prompt's positions of `cache` (a transformers or scratch cache, right after
-    prefill), atomically: a reader never sees a half-written file."""
+def save(
+    path: Path, loaded: LoadedModel, prompt_ids: list[int], cache: object, extra: dict[str, str] | None = None
+) -> None:
+    """Write the first len(prompt_ids) positions of `cache` (a transformers or scratch cache),
+    atomically: a reader never sees a half-written file. `extra`: more string metadata."""
     length = len(prompt_ids)
     tensors = {}
     for index, layer in enumerate(cache.layers):
         tensors[f"layer.{index}.keys"] = layer.keys[:, :, :length].contiguous()
         tensors[f"layer.{index}.values"] = layer.values[:, :, :length].contiguous()
-    metadata = {**_expected_metadata(loaded), "token_ids": json.dumps(prompt_ids)}
-    partial = path.with_name(path.name + ".partial")
-    save_file(tensors, partial, metadata=metadata)
-    os.replace(partial, path)
+    metadata = {**(extra or {}), **_expected_metadata(loaded), "token_ids": json.dumps(prompt_ids)}
+    with atomic_path(path) as partial:
+        save_file(tensors, partial, metadata=metadata)
 
 
 def restore(stored: StoredPrompt, length: int, cache: object) -> None:

@@ -22,6 +22,7 @@ from gencli.errors import GencliError
 
 if TYPE_CHECKING:
     from gencli.bench import BenchReport, BenchRow
+    from gencli.chat import TurnResult as ChatTurn
     from gencli.compare import Comparison
     from gencli.generation import GenerationResult
     from gencli.scratch.probe import AttentionMap
@@ -44,13 +45,52 @@ class TextWriter:
         self.last_char = "\n"
 
     def __call__(self, text: str) -> None:
+        self.write(text)
+
+    def write(self, text: str) -> None:
+        if not text:
+            return
         sys.stdout.write(text)
         sys.stdout.flush()
         self.last_char = text[-1]
 
     def finish(self) -> None:
         if self.last_char != "\n":
-            self("\n")
+            self.write("\n")
+
+
+class HeldBackWriter(TextWriter):
+    """Streams text but holds back an ending that could be the start of a stop string, so that a
+    reply ended by the next speaker's tag (`\nUser:`) never shows the tag; `finish(kept)`
+    writes what remains of the reply as kept."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        super().__init__()
+        self.stops = stops
+        self.received = ""
+        self.written = 0
+
+    def __call__(self, text: str) -> None:
+        self.received += text
+        held = max(
+            (
+                size
+                for stop in self.stops
+                for size in range(len(stop), 0, -1)
+                if self.received.endswith(stop[:size])
+            ),
+            default=0,
+        )
+        safe = len(self.received) - held
+        if safe > self.written:
+            self.write(self.received[self.written : safe])
+            self.written = safe
+
+    def finish(self, kept: str | None = None) -> None:
+        kept = self.received if kept is None else kept
+        if len(kept) > self.written and kept.startswith(self.received[: self.written]):
+            self.write(kept[self.written :])
+        super().finish()
 
 
 def json_line(data: Any) -> str:
@@ -156,6 +196,19 @@ def print_stats(result: GenerationResult, console: Console) -> None:
         f"prefill {_format_seconds(timings.prefill_s)} · first token {_format_seconds(timings.ttft_s)} · "
         f"decode {speed} · load {_format_seconds(timings.load_s)} · "
         f"total {_format_seconds(timings.total_s)} · {result.device} {result.dtype}[/dim]",
+        soft_wrap=True,
+    )
+
+
+def print_turn_stats(turn: ChatTurn, console: Console) -> None:
+    result = turn.result
+    timings = result.timings
+    speed = "-" if timings.tokens_per_s is None else f"{timings.tokens_per_s:.1f} tokens/s"
+    console.print(
+        f"[dim]turn {turn.number} · {turn.cached_tokens} tokens from the cache + {turn.prefilled_tokens} "
+        f"prefilled · prefill {_format_seconds(timings.prefill_s)} · first token "
+        f"{_format_seconds(timings.ttft_s)} · decode {speed} · {len(result.token_ids)} new tokens "
+        f"({result.finish_reason})[/dim]",
         soft_wrap=True,
     )
 

@@ -351,9 +351,20 @@ def env_layer(environ: Mapping[str, str] | None = None) -> Layer:
             f"{ENV_PREFIX}<KEY> for the keys: {', '.join(SETTING_KEYS)}"
         )
     values = check_values(
-        {names[name]: value for name, value in given.items()}, from_text=True, name=env_name
+        {names[name]: parse_text(value) for name, value in given.items()}, from_text=True, name=env_name
     )
     return Layer("environment", values, env_name)
+
+
+def parse_text(value: str) -> Any:
+    """A value given as text: a JSON string or list when it is written as one (so that
+    `["\\n\\n", "END"]` gives two stop strings, newlines included), else the text itself."""
+    if value[:1] in ('"', "["):
+        try:
+            return json.loads(value)
+        except ValueError:
+            pass
+    return value
 
 
 def env_name(key: str) -> str:
@@ -412,7 +423,7 @@ def text_values(pairs: Iterable[tuple[str, str]], name: Callable[[str], str]) ->
         key = "sample" if key == "do_sample" else key
         if key not in DECODING_KEYS:
             raise GencliError(_unsupported_option(key, name(key)))
-        values[key] = value
+        values[key] = parse_text(value)
     return check_values(values, from_text=True, name=name)
 
 

@@ -23,9 +23,10 @@ TINY_CONFIG = {
 }
 
 
-def save_tiny_model(folder: Path, with_tokenizer: bool = True, seed: int = 0) -> Path:
+def save_tiny_model(folder: Path, with_tokenizer: bool = True, seed: int = 0, **config: object) -> Path:
+    """A tiny random GPT-2 in `folder`; `config` overrides TINY_CONFIG's values."""
     torch.manual_seed(seed)
-    GPT2LMHeadModel(GPT2Config(**TINY_CONFIG)).save_pretrained(folder)
+    GPT2LMHeadModel(GPT2Config(**{**TINY_CONFIG, **config})).save_pretrained(folder)
     if with_tokenizer:
         AutoTokenizer.from_pretrained(str(BUNDLED_TOKENIZER)).save_pretrained(folder)
     return folder
