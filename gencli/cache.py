@@ -98,20 +98,34 @@ def snapshot_cache(cache: Cache | ScratchCache, new_tokens: int) -> CacheSnapsho
     )
 
 
+def _layer_length(layer: Any) -> int:
+    if hasattr(layer, "length"):  # gencli.scratch KVCache
+        return layer.length
+    if hasattr(layer, "cumulative_length"):  # transformers StaticLayer
+        return int(layer.cumulative_length) if layer.is_initialized else 0
+    keys = getattr(layer, "keys", None)  # transformers DynamicLayer
+    return 0 if keys is None or keys.dim() != 4 else keys.shape[-2]
+
+
+def consistent_length(cache: Cache | ScratchCache) -> int:
+    """Positions that every layer holds. Layers fill one after another in a forward pass, so a
+    pass cut short (Ctrl-C) leaves the first layers ahead of the rest."""
+    return min((_layer_length(layer) for layer in cache.layers), default=0)
+
+
 def crop_cache(cache: Cache | ScratchCache, length: int) -> None:
-    """Forget every position from `length` on, without recomputing anything.
+    """Forget every position from `length` on, in every layer, without recomputing anything.
 
     A preallocated cache (`StaticCache`, scratch) only moves its fill mark back: the stale
     positions are overwritten by the next tokens, and until then the causal mask hides them.
     A `DynamicCache` drops them."""
-    current = int(cache.get_seq_length())
-    if length >= current:
-        return
     for layer in cache.layers:
-        if hasattr(layer, "length"):  # gencli.scratch KVCache
+        current = _layer_length(layer)
+        if current <= length:
+            continue
+        if hasattr(layer, "length"):
             layer.length = length
-        elif hasattr(layer, "cumulative_length"):  # transformers StaticLayer
+        elif hasattr(layer, "cumulative_length"):
             layer.cumulative_length.fill_(length)
         else:
-            cache.crop(length - current)  # DynamicCache: a negative count removes that many
-            return
+            layer.crop(length - current)  # a negative count removes that many positions

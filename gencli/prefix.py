@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from gencli.cache import crop_cache
+from gencli.cache import consistent_length, crop_cache
 
 
 def common_prefix_length(first: list[int], second: list[int]) -> int:
@@ -49,5 +49,12 @@ class CachedPrefix:
 
     def record(self, sequence_ids: list[int]) -> None:
         """After a run over `sequence_ids` (prompt and new tokens), note which of them the cache
-        now holds: all but the last token chosen, which no forward pass has seen."""
-        self.token_ids = list(sequence_ids[: int(self.cache.get_seq_length())])
+        now holds: all but the last token chosen, which no forward pass has seen. A run cut
+        short mid-pass leaves some layers ahead: they are cropped back to the rest."""
+        length = consistent_length(self.cache)
+        crop_cache(self.cache, length)
+        self.token_ids = list(sequence_ids[:length])
+
+    def resync(self) -> None:
+        """Make `token_ids` and the cache agree again after an interruption at any point."""
+        self.keep(min(len(self.token_ids), consistent_length(self.cache)))

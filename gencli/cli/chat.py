@@ -60,6 +60,12 @@ class Repl:
             turn = self.session.send(text, writer)
         except ChatInterrupted as interrupted:
             turn = interrupted.turn
+        except KeyboardInterrupt:  # before the first token: the entry is not kept
+            self.session.prefix.resync()
+            if writer is not None:
+                writer.finish()
+            notice("interrupted before the reply began; the entry was not kept")
+            return
         if writer is not None:
             writer.finish(turn.reply)
         if turn.dropped_turns:

@@ -33,3 +33,55 @@ def test_start_up_status_names_each_step_then_clears(tiny_model_dir, user_dirs):
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+def spawn_chat(model, user_dirs, *args):
+    return pexpect.spawn(
+        sys.executable,
+        ["-m", "gencli", "chat", "--model", str(model), "--mode", "kv-cache", *args],
+        env={
+            "XDG_DATA_HOME": str(user_dirs / "user-data"),
+            "XDG_CONFIG_HOME": str(user_dirs / "user-config"),
+            "PATH": "/usr/bin:/bin",
+            "TERM": "xterm",
+        },
+        encoding="utf-8",
+        timeout=60,
+        dimensions=(40, 200),
+    )
+
+
+def test_chat_prompt_commands_ctrl_c_and_ctrl_d(tiny_model_dir, user_dirs):
+    child = spawn_chat(tiny_model_dir, user_dirs, "-n", "6")
+    child.expect("/help lists the commands")
+    child.expect(">>> ")
+    child.sendline("Good morning.")
+    child.expect(r"turn 1 · 0 tokens from the cache \+ \d+ prefilled")
+    child.expect(">>> ")
+    child.sendline("What news?")
+    child.expect(r"turn 2 · [1-9]\d* tokens from the cache")
+    child.expect(">>> ")
+    child.sendline("/help")
+    child.expect("/undo")
+    child.expect(">>> ")
+    child.sendline("/set max_new_tokens 500")
+    child.expect(">>> ")
+    child.sendline("/set ignore_eos true")
+    child.expect(">>> ")
+    child.sendline("Tell me everything.")
+    child.expect("Tell me everything.\r\n")
+    child.expect(r"\S")  # the reply has begun
+    child.sendintr()  # Ctrl-C stops the reply and keeps the session
+    child.expect(r"turn 3 · .*\(interrupted\)")
+    child.expect(">>> ")
+    child.sendline("/show")
+    child.expect("3 turns")
+    child.expect(">>> ")
+    child.sendintr()  # Ctrl-C at the prompt drops the line
+    child.expect(">>> ")
+    child.sendeof()  # Ctrl-D leaves
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    history = (user_dirs / "user-data" / "gencli" / "chat_history").read_text()
+    assert "What news?" in history and "/show" in history
