@@ -251,17 +251,17 @@ def chat(
     with line editing and history; otherwise each stdin line is a turn (or a /command), replies
     go to stdout, and --json prints one record per turn. Modes: kv-cache, scratch, generate.
     """
-    from gencli.chat import DIALOGUE_TEMPLATE, RAW_TEMPLATE, ChatTemplate
-
     if raw and template is not None:
         raise GencliError("--raw and --template both say how entries join; give one of them")
-    chosen = ChatTemplate(RAW_TEMPLATE if raw else template if template is not None else DIALOGUE_TEMPLATE)
     layers = command_line_layers(flags)
     with startup_status("starting") as step:
+        step("importing torch and transformers")
+        from gencli.chat import DIALOGUE_TEMPLATE, RAW_TEMPLATE, ChatSession, ChatTemplate
+
+        default = RAW_TEMPLATE if raw else DIALOGUE_TEMPLATE
+        chosen = ChatTemplate(default if template is None else template)
         loaded, resolved = load_with_settings(layers, step)
         step(f"building the {resolved.settings.mode} engine")
-        from gencli.chat import ChatSession
-
         session = ChatSession(loaded, resolved.settings.mode, resolved.settings.decoding, chosen)
     repl = Repl(session, as_json, quiet)
     if prompt is not None and not repl.handle(prompt):
