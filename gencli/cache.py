@@ -27,6 +27,12 @@ class LayerCacheInfo:
     used_bytes: int
     bytes: int
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LayerCacheInfo:
+        return cls(
+            **{**data, "key_shape": tuple(data["key_shape"]), "value_shape": tuple(data["value_shape"])}
+        )
+
     def to_dict(self) -> dict[str, Any]:
         info = asdict(self)
         info["key_shape"], info["value_shape"] = list(self.key_shape), list(self.value_shape)
@@ -52,6 +58,11 @@ class CacheSnapshot:
     @property
     def capacity(self) -> int:
         return max((layer.capacity for layer in self.layers), default=0)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CacheSnapshot:
+        layers = tuple(LayerCacheInfo.from_dict(layer) for layer in data["layers"])
+        return cls(new_tokens=data["new_tokens"], seq_len=data["seq_len"], layers=layers)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,9 +27,9 @@ from gencli.engines import DecodeRequest
 from gencli.errors import GencliError
 from gencli.loading import LoadedModel
 from gencli.prefix import CachedPrefix, reusable_length
+from gencli.results import FinishReason, GenerationResult, Timings
 from gencli.settings import DecodingOptions, check_prompt
 
-FinishReason = Literal["eos", "length", "stop", "interrupted"]
 CacheInspection = Literal["ends", "steps"]
 
 
@@ -39,83 +39,6 @@ class PromptCacheFile:
 
     path: Path
     read_only: bool = False
-
-
-@dataclass
-class Timings:
-    """Seconds from the start of generation; `token_times_s` holds when each new token was chosen.
-
-    `load_s` (loading the model) and `total_s` (the whole command, start-up included) are filled
-    in by whoever knows them: the model's loader and the command."""
-
-    prefill_s: float | None = None
-    token_times_s: list[float] = field(default_factory=list)
-    load_s: float | None = None
-    total_s: float | None = None
-
-    @property
-    def ttft_s(self) -> float | None:
-        return self.token_times_s[0] if self.token_times_s else None
-
-    @property
-    def decode_s(self) -> float | None:
-        return self.token_times_s[-1] - self.token_times_s[0] if self.token_times_s else None
-
-    @property
-    def tokens_per_s(self) -> float | None:
-        """Decode speed: tokens after the first, over the time they took."""
-        decode_s = self.decode_s
-        if not decode_s:
-            return None
-        return (len(self.token_times_s) - 1) / decode_s
-
-    def to_dict(self) -> dict[str, float | None]:
-        return {
-            "load_s": self.load_s,
-            "prefill_s": self.prefill_s,
-            "decode_s": self.decode_s,
-            "ttft_s": self.ttft_s,
-            "tokens_per_s": self.tokens_per_s,
-            "total_s": self.total_s,
-        }
-
-
-@dataclass
-class GenerationResult:
-    mode: str
-    model: str
-    prompt: str
-    prompt_token_ids: list[int]
-    token_ids: list[int]
-    text: str
-    finish_reason: FinishReason
-    timings: Timings
-    seed: int | None
-    device: str
-    dtype: str
-    cache_snapshots: list[CacheSnapshot] | None = None
-    prompt_cache_tokens: int = 0  # prompt positions restored from a prompt cache, not prefilled
-
-    def to_dict(self) -> dict[str, Any]:
-        result: dict[str, Any] = {
-            "mode": self.mode,
-            "model": self.model,
-            "prompt": self.prompt,
-            "prompt_token_ids": self.prompt_token_ids,
-            "token_ids": self.token_ids,
-            "text": self.text,
-            "finish_reason": self.finish_reason,
-            "timings": self.timings.to_dict(),
-            "seed": self.seed,
-            "device": self.device,
-            "dtype": self.dtype,
-            "prompt_cache_tokens": self.prompt_cache_tokens,
-        }
-        if self.cache_snapshots is not None:
-            final = self.cache_snapshots[-1] if self.cache_snapshots else None
-            result["cache"] = [layer.to_dict() for layer in final.layers] if final else []
-            result["cache_snapshots"] = [snapshot.to_dict() for snapshot in self.cache_snapshots]
-        return result
 
 
 class GenerationInterrupted(Exception):
@@ -327,9 +250,7 @@ def generate_text(
             token_ids=list(new_ids),
             text=loaded.tokenizer.decode(new_ids, skip_special_tokens=True),
             finish_reason=reason,
-            timings=Timings(
-                prefill_s=timer.prefill_s, token_times_s=streamer.token_times_s, load_s=loaded.load_s
-            ),
+            timings=Timings.measured(timer.prefill_s, streamer.token_times_s, loaded.load_s),
             seed=seed,
             device=str(loaded.device),
             dtype=str(loaded.dtype).removeprefix("torch."),

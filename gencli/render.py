@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from gencli.bench import BenchReport, BenchRow
     from gencli.chat import TurnResult as ChatTurn
     from gencli.compare import Comparison
-    from gencli.generation import GenerationResult
+    from gencli.results import GenerationResult
     from gencli.scratch.probe import AttentionMap
     from gencli.scratch.verify import VerifyReport
     from gencli.settings import ResolvedSettings
@@ -404,7 +404,7 @@ def print_comparison(comparison: Comparison, tokenizer: Any, console: Console) -
     for mode, result in comparison.results.items():
         timings = result.timings
         speed = "-" if timings.tokens_per_s is None else f"{timings.tokens_per_s:.1f}"
-        total = timings.token_times_s[-1] if timings.token_times_s else 0.0
+        total = (timings.ttft_s or 0.0) + (timings.decode_s or 0.0)
         table.add_row(
             mode,
             str(len(result.token_ids)),
