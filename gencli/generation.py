@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from transformers import StoppingCriteriaList
+from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.stopping_criteria import (
     EosTokenCriteria,
     MaxLengthCriteria,
@@ -119,6 +119,18 @@ class _PrefillTimer:
             handle.remove()
 
 
+class _Cancellation(StoppingCriteria):
+    """Stops every mode, `generate` included, once `cancelled()` says so."""
+
+    def __init__(self, cancelled: Callable[[], bool]):
+        self.cancelled = cancelled
+        self.fired = False
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        self.fired = self.fired or self.cancelled()
+        return torch.full((input_ids.shape[0],), self.fired, dtype=torch.bool, device=input_ids.device)
+
+
 def build_stopping_criteria(
     loaded: LoadedModel, prompt_length: int, options: DecodingOptions
 ) -> StoppingCriteriaList:
@@ -145,15 +157,26 @@ def encode_prompt(loaded: LoadedModel, prompt: str | list[int], max_new_tokens: 
         prompt_ids = list(prompt)
         if not prompt_ids:
             raise GencliError("the prompt is empty; pass at least one token")
-    total = len(prompt_ids) + max_new_tokens
-    if total > loaded.context_length:
-        room = loaded.context_length - len(prompt_ids)
-        fix = f"use --max-new-tokens {room} or less" if room >= 1 else "shorten the prompt"
-        raise GencliError(
-            f"{len(prompt_ids)} prompt tokens + {max_new_tokens} new tokens = {total} exceeds the model's "
-            f"context of {loaded.context_length} tokens; {fix}"
-        )
+    if len(prompt_ids) + max_new_tokens > loaded.context_length:
+        raise ContextOverflowError(len(prompt_ids), max_new_tokens, loaded.context_length)
     return prompt_ids
+
+
+class ContextOverflowError(GencliError):
+    """Prompt plus new tokens past the model's context; `name` words the max_new_tokens key as
+    the user gave it (the CLI says --max-new-tokens)."""
+
+    def __init__(self, prompt_tokens: int, max_new_tokens: int, context: int, name: str = "max_new_tokens"):
+        self.prompt_tokens, self.max_new_tokens, self.context = prompt_tokens, max_new_tokens, context
+        room = context - prompt_tokens
+        fix = f"use {name} {room} or less" if room >= 1 else "shorten the prompt"
+        super().__init__(
+            f"{prompt_tokens} prompt tokens + {max_new_tokens} new tokens = {prompt_tokens + max_new_tokens} "
+            f"exceeds the model's context of {context} tokens; {fix}"
+        )
+
+    def worded(self, name: str) -> ContextOverflowError:
+        return ContextOverflowError(self.prompt_tokens, self.max_new_tokens, self.context, name)
 
 
 def finish_reason(
@@ -178,17 +201,22 @@ def generate_text(
     prompt_cache: PromptCacheFile | None = None,
     on_notice: Callable[[str], None] | None = None,
     prefix: CachedPrefix | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> GenerationResult:
     """Continue `prompt` (text or token ids) with the given mode; stream text to `on_text`.
 
     `prefix`: a cache kept across runs (a chat session's); the prompt reuses what it shares with
     it, and it holds this run's tokens afterwards. Without one, a fresh cache is made.
     With `prompt_cache`, reuse and update a prompt cache file; `on_notice` hears why a file
-    was refused, or could not be written."""
+    was refused, or could not be written. `cancelled()`, asked after every token, ends the run
+    (finish reason "interrupted") when it turns true: a server's client went away, say."""
     engine = loaded.engine(mode)
     prompt_ids = encode_prompt(loaded, prompt, options.max_new_tokens)
     input_ids = torch.tensor([prompt_ids], device=loaded.device)
     stopping = build_stopping_criteria(loaded, len(prompt_ids), options)
+    cancel = _Cancellation(cancelled) if cancelled else None
+    if cancel is not None:
+        stopping.append(cancel)
     if prefix is None and engine.uses_cache:
         prefix = CachedPrefix(engine.new_cache(len(prompt_ids) + options.max_new_tokens))
     save_prompt = False
@@ -239,6 +267,8 @@ def generate_text(
             and snapshots[-1].new_tokens != len(new_ids)
         ):
             snapshots.append(snapshot_cache(cache, len(new_ids)))
+        if reason is None and cancel is not None and cancel.fired:
+            reason = "interrupted"
         if reason is None:
             sequence = torch.tensor([prompt_ids + new_ids])
             reason = finish_reason(sequence, new_ids, stopping_eos(loaded, options), stopping)

@@ -189,7 +189,7 @@ def _format_seconds(value: float | None) -> str:
 def print_stats(result: GenerationResult, console: Console) -> None:
     timings = result.timings
     speed = "-" if timings.tokens_per_s is None else f"{timings.tokens_per_s:.1f} tokens/s"
-    reused = f" ({result.prompt_cache_tokens} from the prompt cache)" if result.prompt_cache_tokens else ""
+    reused = f" ({result.prompt_cache_tokens} reused from a cache)" if result.prompt_cache_tokens else ""
     console.print(
         f"[dim]{result.mode} · {len(result.prompt_token_ids)} prompt tokens{reused} · "
         f"{len(result.token_ids)} new tokens ({result.finish_reason}) · "

@@ -32,6 +32,8 @@ Mode = Literal["generate", "greedy", "kv-cache", "scratch"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 MODES: tuple[str, ...] = get_args(Mode)
+# The modes that keep a KV cache (greedy re-runs the whole sequence every step).
+CACHED_MODES = ("generate", "kv-cache", "scratch")
 ENV_PREFIX = "GENCLI_"
 
 
@@ -343,7 +345,11 @@ def env_layer(environ: Mapping[str, str] | None = None) -> Layer:
     """GENCLI_<KEY> variables, e.g. GENCLI_MAX_NEW_TOKENS=32; an unknown GENCLI_ name is refused."""
     environ = os.environ if environ is None else environ
     names = {ENV_PREFIX + key.upper(): key for key in SETTING_KEYS}
-    given = {name: value for name, value in environ.items() if name.startswith(ENV_PREFIX)}
+    given = {
+        name: value
+        for name, value in environ.items()
+        if name.startswith(ENV_PREFIX) and name not in NON_SETTING_VARIABLES
+    }
     unknown = sorted(set(given) - set(names))
     if unknown:
         raise GencliError(
@@ -365,6 +371,10 @@ def parse_text(value: str) -> Any:
         except ValueError:
             pass
     return value
+
+
+# Variables read by one command's option, not settings: they never go in a config file.
+NON_SETTING_VARIABLES = {"GENCLI_SERVER", "GENCLI_API_KEY"}
 
 
 def env_name(key: str) -> str:

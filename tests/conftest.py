@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -103,3 +111,73 @@ def populate_hub_cache(cache: Path, repo_id: str, model_folder: Path) -> Path:
         blob.write_bytes(file.read_bytes())
         (snapshot / file.name).symlink_to(blob)
     return snapshot
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    api_key: str
+    process: subprocess.Popen
+
+    def get(self, path: str) -> dict:
+        request = urllib.request.Request(self.url + path, headers={"Authorization": f"Bearer {self.api_key}"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())
+
+
+def start_server(model_dir: Path, home: Path, *args: str, api_key: str = "secret") -> Server:
+    port = free_port()
+    env = {**os.environ, "XDG_DATA_HOME": str(home / "data"), "XDG_CONFIG_HOME": str(home / "config")}
+    command = [sys.executable, "-m", "gencli", "serve", "--model", str(model_dir), "--port", str(port)]
+    process = subprocess.Popen(
+        [*command, "--api-key", api_key, *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    server = Server(f"http://127.0.0.1:{port}", api_key, process)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gencli serve exited: {process.stderr.read().decode()}")
+        try:
+            with urllib.request.urlopen(server.url + "/health", timeout=1):
+                return server
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("gencli serve did not answer /health in 90 s")
+
+
+def stop_server(server: Server) -> int:
+    """SIGTERM, as a service manager stops it; returns the exit status."""
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        return server.process.wait(timeout=30)
+    finally:
+        server.process.kill()
+
+
+@pytest.fixture(scope="session")
+def served(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One `gencli serve` of the tiny model for the session: kv-cache, greedy, 8 new tokens by
+    default, an API key, and a queue of 8."""
+    server = start_server(
+        tiny_model_dir,
+        tmp_path_factory.mktemp("serve-home"),
+        "--mode",
+        "kv-cache",
+        "-n",
+        "8",
+        "--max-queue",
+        "8",
+    )
+    yield server
+    stop_server(server)

@@ -6,7 +6,7 @@ stays fast.
 
 import typer
 
-from gencli.cli import attention, batch, bench, chat, compare, config, generate, logs, models, verify
+from gencli.cli import attention, batch, bench, chat, compare, config, generate, logs, models, serve, verify
 from gencli.cli.edge import GencliCommand, GencliGroup
 
 
@@ -42,6 +42,7 @@ def _root(
 for command in (
     generate.generate,
     chat.chat,
+    serve.serve,
     compare.compare,
     bench.bench,
     batch.batch,

@@ -40,7 +40,7 @@ class GencliGroup(typer.core.TyperGroup):
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
         except GencliError as problem:
-            error(str(problem))
+            error(str(_for_flags(problem)))
             code = problem.exit_code
         except typer.TyperException as problem:
             message = problem.format_message().replace("Value error, ", "")
@@ -51,6 +51,12 @@ class GencliGroup(typer.core.TyperGroup):
         except typer.Abort:
             code = EXIT_INTERRUPTED
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _for_flags(problem: GencliError) -> GencliError:
+    """The core's error, worded for the command line where it names a setting."""
+    worded = getattr(problem, "worded", None)
+    return worded("--max-new-tokens") if worded else problem
 
 
 OPTION_FLAGS = ("-o", "--option")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -16,6 +16,7 @@ from gencli.cli.options import (
     MODE,
     MODEL,
     SOURCES,
+    ApiKeyOption,
     JsonOption,
     PromptArgument,
     PromptFileOption,
@@ -25,7 +26,11 @@ from gencli.cli.options import (
     with_options,
 )
 from gencli.errors import GencliError
-from gencli.settings import check_prompt
+from gencli.settings import CACHED_MODES, DECODING_KEYS, DecodingOptions, Layer, check_prompt, resolve
+
+if TYPE_CHECKING:
+    from gencli.render import TextWriter
+    from gencli.results import GenerationResult
 
 
 @with_options(MODE, DECODING, MODEL, DTYPE, SOURCES, LOG)
@@ -60,6 +65,17 @@ def generate(
     ] = False,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            envvar="GENCLI_SERVER",
+            help="Run on a gencli serve at this URL (or GENCLI_SERVER): no start-up, the same output.",
+            show_default=False,
+            show_envvar=False,
+        ),
+    ] = None,
+    api_key: ApiKeyOption = None,
     flags: dict[str, Any] | None = None,
 ) -> None:
     """Continue PROMPT with GPT-2, streaming the text to stdout and timings to stderr.
@@ -73,6 +89,12 @@ def generate(
     check_prompt(text)
     if prompt_cache_ro and prompt_cache is None:
         raise GencliError("--prompt-cache-ro needs --prompt-cache FILE")
+    inspection = "steps" if inspect_cache_steps else "ends" if inspect_cache else None
+    if server:
+        if prompt_cache is not None:
+            raise GencliError("--prompt-cache is for local runs; a server keeps its own prefix caches")
+        generate_remote(server, api_key, layers, text, inspection, as_json, quiet)
+        return
 
     with startup_status("starting") as step:
         loaded, resolved = load_with_settings(layers, step)
@@ -82,7 +104,6 @@ def generate(
     settings = resolved.settings
     cache_file = PromptCacheFile(prompt_cache, prompt_cache_ro) if prompt_cache else None
     writer = None if as_json else render.TextWriter()
-    inspection = "steps" if inspect_cache_steps else "ends" if inspect_cache else None
     exit_code = 0
     try:
         result = generate_text(
@@ -90,8 +111,24 @@ def generate(
         )
     except GenerationInterrupted as interrupted:
         result, exit_code = interrupted.result, EXIT_INTERRUPTED
-    result.timings.total_s = time.perf_counter() - STARTED
+    report(result, writer, inspection, as_json, quiet, settings.log, settings.decoding)
+    if exit_code:
+        raise typer.Exit(exit_code)
 
+
+def report(
+    result: GenerationResult,
+    writer: TextWriter | None,
+    inspection: str | None,
+    as_json: bool,
+    quiet: bool,
+    log: bool,
+    decoding: DecodingOptions,
+) -> None:
+    """Everything after the text, for a local run and a server's alike."""
+    from gencli import render
+
+    result.timings.total_s = time.perf_counter() - STARTED
     if as_json:
         render.print_json(result.to_dict())
     else:
@@ -99,18 +136,52 @@ def generate(
     console = render.stderr_console()
     if inspection and not as_json:
         render.print_cache_report(
-            settings.mode,
-            loaded.engine(settings.mode).uses_cache,
+            result.mode,
+            result.mode in CACHED_MODES,
             result.cache_snapshots or [],
             inspection == "steps",
             console,
         )
     if not quiet:
         render.print_stats(result, console)
-    if settings.log:
-        log_run(result, settings.decoding.model_dump(mode="json"))
-    if exit_code:
-        raise typer.Exit(exit_code)
+    if log:
+        log_run(result, decoding.model_dump(mode="json"))
+
+
+def generate_remote(
+    server: str,
+    api_key: str | None,
+    layers: list[Layer],
+    text: str,
+    inspection: str | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """The run on a gencli serve: the settings the user gave go with the prompt (the server's
+    own fill the rest), and the record that comes back is reported as a local one would be."""
+    from gencli import render
+    from gencli.client import generate_remote as post
+    from gencli.results import GenerationResult
+
+    resolved = resolve(layers)
+    if resolved.origins["model"] == "--model":
+        raise GencliError("--model does not apply with --server: the server runs its own model")
+    payload: dict[str, Any] = {
+        key: value
+        for key, value in resolved.settings.model_dump(mode="json").items()
+        if (key in DECODING_KEYS or key == "mode") and resolved.origins[key] != "default"
+    }
+    payload.update(prompt=text, inspect_cache=inspection or False)
+    writer = None if as_json else render.TextWriter()
+    try:
+        record = post(server, payload, api_key, writer)
+    except KeyboardInterrupt:  # closing the connection cancels the run on the server
+        if writer is not None:
+            writer.finish()
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    result = GenerationResult.from_dict(record)
+    result.timings.load_s = None  # this command loaded nothing; the server did, long before
+    report(result, writer, inspection, as_json, quiet, resolved.settings.log, resolved.settings.decoding)
 
 
 def log_run(result: Any, decoding: dict[str, Any]) -> None:

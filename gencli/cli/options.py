@@ -229,6 +229,16 @@ ArchOption = Annotated[
         show_default=False,
     ),
 ]
+ApiKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="GENCLI_API_KEY",
+        help="Require 'Authorization: Bearer KEY' on every endpoint but /health (or GENCLI_API_KEY).",
+        show_default=False,
+        show_envvar=False,
+    ),
+]
 ModesOption = Annotated[
     list[str] | None,
     typer.Option(

@@ -1,0 +1,100 @@
+"""`gencli serve`: keep the model loaded and answer HTTP requests (OpenAI's completions API too)."""
+
+from __future__ import annotations
+
+import ipaddress
+import signal
+import socket
+from typing import Annotated, Any
+
+import typer
+
+from gencli.cli.edge import load_with_settings, notice, startup_status
+from gencli.cli.options import (
+    DECODING,
+    DTYPE,
+    MODE,
+    MODEL,
+    SOURCES,
+    ApiKeyOption,
+    command_line_layers,
+    with_options,
+)
+from gencli.errors import GencliError
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@with_options(MODE, DECODING, MODEL, DTYPE, SOURCES)
+def serve(
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; loopback unless you say otherwise.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
+    api_key: ApiKeyOption = None,
+    max_queue: Annotated[
+        int, typer.Option(help="Requests that may wait for the model; more get 503 with Retry-After.", min=1)
+    ] = 16,
+    prefix_cache_mb: Annotated[
+        int,
+        typer.Option(
+            help="Memory for recent prompts' KV caches, reused by later prompts that start the same way.",
+            min=1,
+        ),
+    ] = 512,
+    max_body_kb: Annotated[
+        int, typer.Option(help="Largest request body accepted (413 above).", min=1)
+    ] = 1024,
+    flags: dict[str, Any] | None = None,
+) -> None:
+    """Keep the model warm behind HTTP: POST /v1/completions (OpenAI's API: any OpenAI client
+    works), POST /v1/generate (gencli's own settings in, the generate --json record out),
+    GET /v1/models and GET /health. Options here are the defaults for what a request leaves out.
+    Ctrl-C or SIGTERM stops it."""
+    try:
+        import uvicorn
+
+        from gencli.server import create_app
+    except ImportError:
+        raise GencliError("gencli serve needs its extra: pip install 'gencli[serve]'") from None
+    layers = command_line_layers(flags)
+    with socket.socket() as probe:  # a taken port is one line, before the model loads
+        try:
+            probe.bind((host, port))
+        except OSError as problem:
+            raise GencliError(
+                f"cannot listen on {host}:{port}: {problem.strerror}; pick another --port"
+            ) from None
+    with startup_status("starting") as step:
+        loaded, resolved = load_with_settings(layers, step)
+        step(f"building the {resolved.settings.mode} engine")
+        loaded.engine(resolved.settings.mode)
+    app = create_app(
+        loaded,
+        resolved.settings,
+        api_key=api_key or None,
+        max_queue=max_queue,
+        prefix_cache_bytes=prefix_cache_mb * 2**20,
+        max_body_bytes=max_body_kb * 1024,
+    )
+    if not _is_loopback(host) and not api_key:
+        notice(f"warning: listening on {host} without --api-key: anyone who can reach it can use the model")
+    address = f"[{host}]" if ":" in host else host
+    notice(f"serving {loaded.name} ({resolved.settings.mode}) at http://{address}:{port}/v1 — Ctrl-C stops")
+    # uvicorn shuts down gracefully on SIGINT or SIGTERM, then raises the signal again for the
+    # handler it found: that one ends the command, which has done what was asked of it.
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, _stopped)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _stopped(signal_number: int, frame: object) -> None:
+    notice("stopped")
+    raise typer.Exit(0)

@@ -1,0 +1,296 @@
+"""`gencli serve` over HTTP: the OpenAI client, gencli's own endpoint, prefix reuse, load, faults."""
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from gencli.generation import generate_text
+from gencli.server import PrefixPool
+from gencli.settings import resolve
+from tests.conftest import start_server, stop_server
+
+openai = pytest.importorskip("openai")
+
+SERVER_DEFAULTS = resolve().settings.decoding.model_copy(update={"max_new_tokens": 8})
+
+
+def local(tiny, prompt, **changes):
+    return generate_text(tiny, prompt, "kv-cache", SERVER_DEFAULTS.model_copy(update=changes))
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    return openai.OpenAI(base_url=served.url + "/v1", api_key=served.api_key, max_retries=0)
+
+
+def headers(served, key=None):
+    return {"Authorization": f"Bearer {key or served.api_key}"}
+
+
+def test_completions_with_the_openai_client_equal_local_generate(tiny, client):
+    completion = client.completions.create(model=tiny.name, prompt="It is a truth universally", max_tokens=8)
+    expected = local(tiny, "It is a truth universally")
+    choice = completion.choices[0]
+    assert choice.text == expected.text and choice.finish_reason == "length"
+    assert completion.usage.prompt_tokens == len(expected.prompt_token_ids)
+    assert completion.usage.completion_tokens == 8
+    assert completion.model == tiny.name and completion.object == "text_completion"
+
+
+def test_streamed_completion_ends_with_done_and_usage(tiny, client):
+    stream = client.completions.create(
+        model=tiny.name,
+        prompt="Call me Ishmael.",
+        max_tokens=8,
+        temperature=0.8,
+        seed=3,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(chunk.choices[0].text for chunk in chunks if chunk.choices)
+    assert text == local(tiny, "Call me Ishmael.", sample=True, temperature=0.8, seed=3).text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage.completion_tokens == 8
+
+
+def test_token_id_prompts(tiny, client):
+    ids = tiny.tokenizer.encode("Hello world")
+    completion = client.completions.create(model=tiny.name, prompt=ids, max_tokens=4)
+    assert completion.choices[0].text == local(tiny, ids, max_new_tokens=4).text
+
+
+def test_prefix_reuse_is_reported_and_changes_nothing(tiny, client):
+    context = "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+    first = client.completions.create(model=tiny.name, prompt=context + "must be", max_tokens=8)
+    second = client.completions.create(model=tiny.name, prompt=context + "may be", max_tokens=8)
+    shared = len(tiny.tokenizer.encode(context.rstrip()))
+    assert second.usage.prompt_tokens_details.cached_tokens >= shared - 1
+    assert second.choices[0].text == local(tiny, context + "may be").text
+    assert first.choices[0].text == local(tiny, context + "must be").text
+
+
+def test_gencli_endpoint_returns_the_generate_json_record(tiny, served):
+    body = {"prompt": "Hello world", "max_new_tokens": 5, "mode": "scratch", "inspect_cache": True}
+    record = httpx.post(served.url + "/v1/generate", json=body, headers=headers(served), timeout=60).json()
+    expected = generate_text(
+        tiny, "Hello world", "scratch", SERVER_DEFAULTS.model_copy(update={"max_new_tokens": 5})
+    )
+    assert record["token_ids"] == expected.token_ids and record["mode"] == "scratch"
+    assert set(record) == set(expected.to_dict()) | {"cache", "cache_snapshots"}
+    assert record["cache"][0]["positions"] == len(expected.prompt_token_ids) + 4
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "fragment"),
+    [
+        ("/v1/completions", b"{not json", 400, "not valid JSON"),
+        ("/v1/completions", {"model": "gpt-4", "prompt": "Hi"}, 404, "this server runs"),
+        ("/v1/completions", {"prompt": "Hi", "n": 2}, 400, "'n' = 2 is not supported"),
+        ("/v1/completions", {"prompt": "Hi", "best_of": 3}, 400, "'best_of'"),
+        ("/v1/completions", {"prompt": "Hi", "logprobs": 2}, 400, "'logprobs'"),
+        ("/v1/completions", {"prompt": "Hi", "colour": "red"}, 400, "unknown field(s): colour"),
+        ("/v1/completions", {"prompt": "Hi", "top_p": 2}, 400, "'top_p' must be a number in (0, 1]"),
+        ("/v1/completions", {"prompt": "Hi", "max_tokens": 5000}, 400, "exceeds the model's context"),
+        ("/v1/completions", {"prompt": ["a", "b"]}, 400, "one prompt"),
+        ("/v1/completions", {"prompt": [99999999]}, 400, "token ids must be in"),
+        ("/v1/generate", {"prompt": "Hi", "max_new_tokens": 0}, 400, "'max_new_tokens' must be an integer"),
+        ("/v1/generate", {"prompt": "Hi", "model": "demo"}, 400, "unknown field(s): model"),
+        ("/v1/generate", {"prompt": ""}, 400, "the prompt is empty"),
+    ],
+)
+def test_bad_requests_get_openai_style_errors(served, path, body, status, fragment):
+    kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
+    response = httpx.post(served.url + path, headers=headers(served), timeout=60, **kwargs)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert fragment in error["message"] and {"message", "type", "param", "code"} <= set(error)
+
+
+def test_request_bodies_have_a_limit(served):
+    response = httpx.post(
+        served.url + "/v1/completions", headers=headers(served), json={"prompt": "x" * 2_000_000}, timeout=60
+    )
+    assert response.status_code == 413
+
+
+@pytest.mark.parametrize("key", [None, "wrong"])
+def test_a_missing_or_wrong_key_is_refused_but_health_is_open(served, key):
+    sent = {} if key is None else headers(served, key)
+    for path in ("/v1/models",):
+        assert httpx.get(served.url + path, headers=sent).status_code == 401
+    response = httpx.post(served.url + "/v1/completions", headers=sent, json={"prompt": "Hi"})
+    assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(served.url + "/health").json()["status"] == "ok"
+    assert served.get("/v1/models")["data"][0]["owned_by"] == "gencli"
+
+
+def test_eight_concurrent_clients_lose_nothing_and_mix_nothing(tiny, served):
+    prompts = [
+        f"Client {client} asks question number {request} about"
+        for client in range(8)
+        for request in range(10)
+    ]
+
+    def ask(prompt):
+        response = httpx.post(
+            served.url + "/v1/completions",
+            headers=headers(served),
+            json={"prompt": prompt, "max_tokens": 6},
+            timeout=120,
+        )
+        return response.status_code, response.json()
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(ask, prompts))
+    assert [status for status, _ in answers] == [200] * 80
+    for prompt, (_, body) in zip(prompts, answers, strict=True):
+        assert body["choices"][0]["text"] == local(tiny, prompt, max_new_tokens=6).text
+
+
+def test_a_client_that_leaves_mid_stream_frees_the_server(served):
+    slow = {"prompt": "Once", "mode": "greedy", "max_new_tokens": 1000, "ignore_eos": True, "stream": True}
+    with httpx.stream(
+        "POST", served.url + "/v1/generate", json=slow, headers=headers(served), timeout=60
+    ) as stream:
+        lines = stream.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))
+    # without the cancel, 1,000 no-cache steps would hold the worker for many seconds
+    started = time.monotonic()
+    quick = httpx.post(
+        served.url + "/v1/generate", json={"prompt": "Hi"}, headers=headers(served), timeout=60
+    )
+    assert quick.status_code == 200
+    assert time.monotonic() - started < 5
+
+
+def test_a_full_queue_answers_503_with_retry_after(served):
+    # One request runs and 8 wait (--max-queue 8): of 11 long ones, at least two are turned away.
+    slow = {"prompt": "Once", "mode": "greedy", "max_new_tokens": 600, "ignore_eos": True, "stream": True}
+    answers, release = [], threading.Event()
+
+    def send():
+        with httpx.stream(
+            "POST", served.url + "/v1/generate", json=slow, headers=headers(served), timeout=60
+        ) as r:
+            answers.append((r.status_code, r.headers.get("retry-after")))
+            if r.status_code == 200:
+                release.wait(30)  # leaving closes the stream, which cancels the job
+
+    threads = [threading.Thread(target=send) for _ in range(11)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while len(answers) < 11 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    release.set()
+    for thread in threads:
+        thread.join(timeout=60)
+    refused = [retry for status, retry in answers if status == 503]
+    assert len(refused) >= 2 and set(refused) == {"1"}
+    assert len(answers) == 11 and {status for status, _ in answers} == {200, 503}
+    quick = httpx.post(
+        served.url + "/v1/generate", json={"prompt": "Hi"}, headers=headers(served), timeout=60
+    )
+    assert quick.status_code == 200
+
+
+def test_prefix_pool_takes_the_longest_shared_prefix_then_the_least_recent():
+    made = []
+    pool = PrefixPool(lambda: made.append(1) or object(), entries=2)
+    a = pool.take([1, 2, 3])
+    a.token_ids = [1, 2, 3]
+    b = pool.take([7, 8])
+    b.token_ids = [7, 8]
+    assert pool.take([1, 2, 9]) is a  # shares two tokens
+    assert pool.take([5]) is b  # nothing shared, pool full: the least recently used
+    assert len(made) == 2
+
+
+def test_sigterm_stops_the_server_cleanly(tiny_model_dir, tmp_path):
+    server = start_server(tiny_model_dir, tmp_path, "--mode", "kv-cache")
+    assert stop_server(server) == 0
+    stderr = server.process.stderr.read().decode()
+    assert f"serving {tiny_model_dir} (kv-cache) at {server.url}/v1" in stderr and "Traceback" not in stderr
+
+
+def test_generate_dot_server_prints_what_a_local_run_prints(tiny_model_dir, served):
+    import subprocess
+    import sys
+
+    base = [
+        sys.executable,
+        "-m",
+        "gencli",
+        "generate",
+        "It is a truth",
+        "-n",
+        "8",
+        "--mode",
+        "kv-cache",
+        "--no-log",
+    ]
+    env = {"GENCLI_SERVER": served.url, "GENCLI_API_KEY": served.api_key, "PATH": "/usr/bin:/bin"}
+    remote = subprocess.run(
+        [*base, "--json", "-q"], capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL
+    )
+    local_run = subprocess.run(
+        [*base, "--json", "-q", "--model", str(tiny_model_dir)],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    assert remote.returncode == 0, remote.stderr
+    remote_record, local_record = json.loads(remote.stdout), json.loads(local_run.stdout)
+    assert remote_record["token_ids"] == local_record["token_ids"] and set(remote_record) == set(local_record)
+    streamed = subprocess.run(base, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+    assert streamed.stdout == local_record["text"] + "\n"
+    assert "kv-cache · 4 prompt tokens" in streamed.stderr
+
+
+def test_generate_dot_server_imports_neither_torch_nor_transformers(served):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom gencli.cli import main\n"
+        f"sys.argv = ['gencli', 'generate', 'Hi', '--server', {served.url!r}, "
+        f"'--api-key', {served.api_key!r}]\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules, 'transformers' in sys.modules, file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
+    assert done.stderr.strip().splitlines()[-1] == "False False", done.stderr
+    assert done.stdout.strip()
+
+
+def test_an_unreachable_server_is_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from gencli.cli import app
+    from tests.conftest import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    result = CliRunner().invoke(app, ["generate", "Hi", "--server", url])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"gencli: error: cannot reach a gencli server at {url}")
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_refused_request_is_the_servers_message(served):
+    from typer.testing import CliRunner
+
+    from gencli.cli import app
+
+    result = CliRunner().invoke(
+        app, ["generate", "Hi", "--server", served.url, "--api-key", served.api_key, "-n", "5000"]
+    )
+    assert result.exit_code == 2
+    assert result.stderr.startswith("gencli: error: the server refused the request: ")
+    assert "exceeds the model's context" in result.stderr
