@@ -17,10 +17,10 @@ import asyncio
 import contextlib
 import hmac
 import json
-import queue
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,11 +115,14 @@ class Job:
 
 
 class Worker:
-    """The one thread that touches the model."""
+    """The one thread that touches the model. Requests wait in a queue of at most `max_queue`;
+    one whose client has gone away gives its place up at once."""
 
     def __init__(self, loaded: LoadedModel, max_queue: int, prefix_cache_bytes: int):
         self.loaded = loaded
-        self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
+        self.max_queue = max_queue
+        self.waiting: deque[Job | None] = deque()
+        self.ready = threading.Condition()
         self.entries = max(1, prefix_cache_bytes // cache_entry_bytes(loaded))
         self.pools: dict[str, PrefixPool] = {}
         self.thread = threading.Thread(target=self._run, name="gencli-worker", daemon=True)
@@ -128,16 +131,27 @@ class Worker:
         self.thread.start()
 
     def stop(self) -> None:
-        with contextlib.suppress(queue.Full):
-            self.jobs.put_nowait(None)
+        with self.ready:
+            self.waiting.append(None)
+            self.ready.notify()
 
     def submit(self, job: Job) -> None:
-        try:
-            self.jobs.put_nowait(job)
-        except queue.Full:
-            raise ApiError(
-                503, "the server is busy: its queue is full; retry shortly", code="queue_full"
-            ) from None
+        with self.ready:
+            for gone in [
+                queued for queued in self.waiting if queued is not None and queued.cancelled.is_set()
+            ]:
+                self.waiting.remove(gone)
+                job_gone.finish(None, ApiError(499, "the client went away"))
+            if len(self.waiting) >= self.max_queue:
+                raise ApiError(503, "the server is busy: its queue is full; retry shortly", code="queue_full")
+            self.waiting.append(job)
+            self.ready.notify()
+
+    def _next(self) -> Job | None:
+        with self.ready:
+            while not self.waiting:
+                self.ready.wait()
+            return self.waiting.popleft()
 
     def _pool(self, mode: str) -> PrefixPool | None:
         engine = self.loaded.engine(mode)
@@ -149,7 +163,7 @@ class Worker:
         return self.pools[mode]
 
     def _run(self) -> None:
-        while (job := self.jobs.get()) is not None:
+        while (job := self._next()) is not None:
             if job.cancelled.is_set():
                 job.finish(None, ApiError(499, "the client went away"))
                 continue

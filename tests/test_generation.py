@@ -1,7 +1,7 @@
 import pytest
 
 from gencli.errors import GencliError
-from gencli.generation import GenerationInterrupted, generate_text
+from gencli.generation import ContextOverflowError, GenerationInterrupted, generate_text
 from gencli.settings import DecodingOptions
 
 
@@ -32,10 +32,12 @@ def test_sampling_without_seed_reports_the_seed_it_used(tiny):
 
 
 def test_prompt_plus_new_tokens_beyond_context(tiny):
-    with pytest.raises(
-        GencliError, match="exceeds the model's context of 1024 tokens; use --max-new-tokens 1022"
-    ):
+    with pytest.raises(ContextOverflowError) as caught:
         generate_text(tiny, "Hello world", "kv-cache", DecodingOptions(max_new_tokens=1023))
+    overflow = caught.value
+    assert (overflow.prompt_tokens, overflow.max_new_tokens, overflow.context) == (2, 1023, 1024)
+    assert str(overflow).endswith("context of 1024 tokens; use max_new_tokens 1022 or less")
+    assert str(overflow.worded("--max-new-tokens")).endswith("use --max-new-tokens 1022 or less")
 
 
 def test_empty_prompt(tiny):
