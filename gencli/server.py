@@ -137,11 +137,10 @@ class Worker:
 
     def submit(self, job: Job) -> None:
         with self.ready:
-            for gone in [
-                queued for queued in self.waiting if queued is not None and queued.cancelled.is_set()
-            ]:
+            left = [queued for queued in self.waiting if queued is not None and queued.cancelled.is_set()]
+            for gone in left:
                 self.waiting.remove(gone)
-                job_gone.finish(None, ApiError(499, "the client went away"))
+                gone.finish(None, ApiError(499, "the client went away"))
             if len(self.waiting) >= self.max_queue:
                 raise ApiError(503, "the server is busy: its queue is full; retry shortly", code="queue_full")
             self.waiting.append(job)
