@@ -18,6 +18,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from gencli.errors import GencliError
+from gencli.files import atomic_path
 from gencli.generation import build_stopping_criteria, encode_prompt, finish_reason, stopping_eos
 from gencli.loading import LoadedModel
 from gencli.sampling import build_logits_processors, select_next_token
@@ -110,18 +111,37 @@ def decode_batch(loaded: LoadedModel, items: list[BatchItem]) -> list[dict[str, 
 
 
 def finished_ids(output: Path) -> set[str]:
-    """Ids with a result in `output`, for `--resume`; the file is rewritten without the rest
-    (errors are retried, and a last line cut short by an interruption is dropped)."""
+    """Ids with a result in `output`, for `--resume`. The file is rewritten, atomically, without
+    its error records (those lines are retried) and without a last line cut short by an
+    interruption. A file with any other line is not gencli's: it is refused and left alone."""
+    try:
+        text = output.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as problem:
+        raise GencliError(f"cannot resume from {output}: {problem}") from None
     kept, ids = [], set()
-    for line in output.read_text(encoding="utf-8").splitlines():
+    lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
         try:
             record = json.loads(line)
         except ValueError:
-            continue
-        if isinstance(record, dict) and "error" not in record and record.get("id") is not None:
+            record = None
+        is_record = (
+            isinstance(record, dict)
+            and record.get("id") is not None
+            and ("text" in record or "error" in record)
+        )
+        if not is_record:
+            if number == len(lines) and not text.endswith("\n"):
+                continue  # cut short by an interruption
+            raise GencliError(
+                f"--output {output} line {number} is not a gencli batch record; --resume only continues "
+                "a file that gencli batch wrote, and leaves this one alone"
+            )
+        if "error" not in record:
             kept.append(line)
             ids.add(str(record["id"]))
-    output.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    with atomic_path(output) as partial:
+        partial.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
     return ids
 
 

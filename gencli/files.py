@@ -13,7 +13,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yields a temporary path beside `path` to write to; once the block ends, the file is
     flushed to disk and renamed over `path` in one step. Readers see the old file or the new one,
     never a mix, and two processes writing at once leave one of their files whole (each writes
-    its own temporary). If the block fails, `path` is left as it was."""
+    its own temporary). If the block fails, `path` is left as it was. A symbolic link stays a
+    link: the file it points to is the one replaced."""
+    path = path.resolve() if path.is_symlink() else path
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         yield partial

@@ -150,3 +150,21 @@ def test_cli_resume_skips_finished_ids(tiny_model_dir, tmp_path):
 def test_cli_bad_options(tiny_model_dir, tmp_path, args, message):
     result = runner.invoke(app, ["batch", str(write_input(tmp_path)), "--model", str(tiny_model_dir), *args])
     assert result.exit_code == 2 and message in result.stderr
+
+
+def test_resume_refuses_a_file_gencli_did_not_write_and_leaves_it_alone(tiny_model_dir, tmp_path):
+    output = tmp_path / "notes.txt"
+    output.write_text("my own notes\nthat are not JSON\n")
+    args = ["batch", str(write_input(tmp_path)), "--model", str(tiny_model_dir), "--output", str(output)]
+    result = runner.invoke(app, [*args, "--resume"])
+    assert result.exit_code == 2
+    assert "line 1 is not a gencli batch record" in result.stderr
+    assert output.read_text() == "my own notes\nthat are not JSON\n"
+
+
+def test_output_naming_the_input_file_is_refused(tiny_model_dir, tmp_path):
+    path = write_input(tmp_path)
+    before = path.read_text()
+    result = runner.invoke(app, ["batch", str(path), "--model", str(tiny_model_dir), "--output", str(path)])
+    assert result.exit_code == 2 and "is the input file" in result.stderr
+    assert path.read_text() == before

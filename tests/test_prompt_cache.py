@@ -154,3 +154,15 @@ def test_damaged_shapes_are_refused(tiny, tmp_path):
     save_file(tensors, path, metadata=metadata)
     _, notices = run(tiny, PROMPT, "kv-cache", path)
     assert "damaged" in notices[0]
+
+
+def test_a_symlinked_cache_stays_a_link(tiny, tmp_path):
+    target = tmp_path / "real.safetensors"
+    link = tmp_path / "link.safetensors"
+    run(tiny, PROMPT, "kv-cache", target)
+    link.symlink_to(target)
+    run(tiny, LONGER, "kv-cache", link)
+    assert link.is_symlink() and link.resolve() == target
+    assert (
+        run(tiny, LONGER, "kv-cache", target)[0].prompt_cache_tokens == len(tiny.tokenizer.encode(LONGER)) - 1
+    )

@@ -47,6 +47,10 @@ def batch(
         raise GencliError(f"--batch-size must be at least 1, got {batch_size}")
     if resume and output is None:
         raise GencliError("--resume needs --output FILE, the results to resume from")
+    if output is not None and str(input_path) != "-" and output.exists() and output.samefile(input_path):
+        raise GencliError(
+            f"--output {output} is the input file: the results would replace the prompts; pick another"
+        )
     try:
         lines = (sys.stdin.read() if str(input_path) == "-" else input_path.read_text("utf-8")).splitlines()
     except (OSError, UnicodeDecodeError) as problem:

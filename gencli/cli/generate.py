@@ -89,6 +89,10 @@ def generate(
     check_prompt(text)
     if prompt_cache_ro and prompt_cache is None:
         raise GencliError("--prompt-cache-ro needs --prompt-cache FILE")
+    if prompt_cache is not None and prompt_cache.exists() and not prompt_cache.is_file():
+        raise GencliError(
+            f"--prompt-cache {prompt_cache} is not a regular file; gencli will not read or replace it"
+        )
     inspection = "steps" if inspect_cache_steps else "ends" if inspect_cache else None
     if server:
         if prompt_cache is not None:

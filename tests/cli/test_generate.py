@@ -283,3 +283,10 @@ def test_a_bad_checkpoint_value_names_the_file(tmp_path):
         gencli("Hi", "--model", folder),
         f"'top_p' in {folder / 'generation_config.json'} must be a number in (0, 1]",
     )
+
+
+def test_a_prompt_cache_that_is_not_a_regular_file_is_refused(tiny_model_dir, tmp_path):
+    assert_one_line_error(
+        gencli("Hi", "--model", tiny_model_dir, "--mode", "kv-cache", "--prompt-cache", "/dev/null"),
+        "--prompt-cache /dev/null is not a regular file",
+    )
