@@ -39,7 +39,12 @@ def attention_map(loaded: LoadedModel, prompt: str, layer: int, head: int) -> At
         raise GencliError(f"--layer must be between 0 and {config.n_layer - 1} for this model, got {layer}")
     if not 0 <= head < config.n_head:
         raise GencliError(f"--head must be between 0 and {config.n_head - 1} for this model, got {head}")
-    ids = loaded.tokenizer.encode(prompt, add_special_tokens=False)[: loaded.context_length]
+    ids = loaded.tokenizer.encode(prompt, add_special_tokens=False)
+    if len(ids) > loaded.context_length:
+        raise GencliError(
+            f"the prompt is {len(ids)} tokens, more than the model's context of {loaded.context_length}; "
+            "shorten it"
+        )
     input_ids = torch.tensor([ids], device=loaded.device)
     with torch.inference_mode():
         x = attention_inputs(loaded, input_ids)[layer]

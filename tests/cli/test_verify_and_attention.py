@@ -86,3 +86,11 @@ def test_attention_png_without_matplotlib(tiny_model_dir, tmp_path, monkeypatch)
     )
     assert result.exit_code == 2
     assert "need matplotlib: pip install 'gencli[plot]'" in result.stderr
+
+
+def test_attention_refuses_a_prompt_longer_than_the_context(tiny_model_dir):
+    result = runner.invoke(app, ["attention", " word" * 1100, "--model", str(tiny_model_dir)])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == (
+        "gencli: error: the prompt is 1100 tokens, more than the model's context of 1024; shorten it\n"
+    )
