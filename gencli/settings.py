@@ -452,5 +452,12 @@ def _unsupported_option(key: str, written: str) -> str:
 
 
 def check_prompt(prompt: str) -> None:
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as problem:  # bytes that were not UTF-8, carried in as surrogates
+        raise GencliError(
+            f"the prompt is not valid UTF-8 text (a byte that is not UTF-8 at character {problem.start}); "
+            "gencli reads text, not binary data"
+        ) from None
     if not prompt.strip():
         raise GencliError("the prompt is empty; pass PROMPT as an argument, -f FILE, or pipe text on stdin")

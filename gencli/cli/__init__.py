@@ -7,7 +7,7 @@ stays fast.
 import typer
 
 from gencli.cli import attention, batch, bench, chat, compare, config, generate, logs, models, serve, verify
-from gencli.cli.edge import GencliCommand, GencliGroup
+from gencli.cli.edge import GencliCommand, GencliGroup, handle_sigterm
 
 
 def _print_version(value: bool) -> None:
@@ -58,4 +58,5 @@ app.add_typer(config.config_app, name="config")
 
 
 def main() -> None:
+    handle_sigterm()
     app(prog_name="gencli")

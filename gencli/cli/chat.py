@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from gencli.cli.edge import error, load_with_settings, notice, startup_status
+from gencli.cli.edge import EXIT_INTERRUPTED, error, load_with_settings, notice, startup_status, terminated
 from gencli.cli.options import (
     DECODING,
     DTYPE,
@@ -182,6 +182,8 @@ class Repl:
         except OSError as problem:
             error(f"{problem.filename or ''}: {problem.strerror or problem}".lstrip(": "))
             self.failures += 1
+        if terminated():  # SIGTERM ends the session; Ctrl-C only the reply
+            raise typer.Exit(EXIT_INTERRUPTED)
         return True
 
 
@@ -217,6 +219,8 @@ def _interactive(repl: Repl) -> None:
                 print(file=sys.stderr)
                 return
             except KeyboardInterrupt:  # Ctrl-C at the prompt drops the line, as in a shell
+                if terminated():
+                    raise typer.Exit(EXIT_INTERRUPTED) from None
                 print("^C", file=sys.stderr)
                 continue
             if not repl.handle(line):
@@ -269,7 +273,10 @@ def chat(
     if sys.stdin is not None and sys.stdin.isatty():
         _interactive(repl)
     elif sys.stdin is not None:
-        for line in sys.stdin:
+        lines = sys.stdin.buffer if hasattr(sys.stdin, "buffer") else sys.stdin
+        for raw in lines:
+            # Bytes that are not UTF-8 reach the prompt check as surrogates, and it refuses them.
+            line = raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else raw
             if not repl.handle(line):
                 break
     if repl.failures and not sys.stdin.isatty():

@@ -4,7 +4,10 @@ notices and the start-up status go to stderr."""
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -50,7 +53,44 @@ class GencliGroup(typer.core.TyperGroup):
             code = problem.exit_code
         except typer.Abort:
             code = EXIT_INTERRUPTED
+        except OSError as problem:
+            code = _os_error(problem)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _os_error(problem: OSError) -> int:
+    """An operating-system error the core did not word. Without a file name it was writing the
+    output (a full disk, a closed pipe): exit 1, and stdout is let go so that Python's exit
+    does not fail on it again. With one, a path the user gave: exit 2."""
+    if problem.filename is None:
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if not isinstance(problem, BrokenPipeError):  # `| head` closing early is no error
+            error(f"cannot write the output: {problem.strerror or problem}")
+        return 1
+    error(f"{problem.filename}: {problem.strerror or problem}; check the path")
+    return 2
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is (what was generated is kept), but it also ends a chat."""
+
+
+_terminated = threading.Event()
+
+
+def _terminate(signal_number: int, frame: object) -> None:
+    _terminated.set()
+    raise Terminated
+
+
+def terminated() -> bool:
+    """Whether SIGTERM has arrived: code that handles an interruption and goes on (chat) stops."""
+    return _terminated.is_set()
+
+
+def handle_sigterm() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
 
 
 def _for_flags(problem: GencliError) -> GencliError:

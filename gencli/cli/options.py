@@ -198,13 +198,25 @@ def read_prompt(argument: str | None, file: Path | None) -> str:
         except (OSError, UnicodeDecodeError) as problem:
             raise GencliError(f"cannot read the prompt file {file}: {problem}; check the -f path") from None
     elif sys.stdin is not None and not sys.stdin.isatty():
-        parts.append(sys.stdin.read())
+        parts.append(read_stdin())
     elif argument in (None, "-"):
         raise GencliError("no prompt given; pass PROMPT as an argument, -f FILE, or pipe text on stdin")
     if argument not in (None, "-"):
         parts.append(argument)
     # A trailing newline from `echo` or a file is not part of the prompt.
     return "\n".join(part.removesuffix("\n") for part in parts if part.strip())
+
+
+def read_stdin() -> str:
+    """All of stdin as UTF-8 text; anything else is refused in one line."""
+    data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as problem:
+        raise GencliError(
+            f"stdin is not UTF-8 text (byte {data[problem.start]:#04x} at offset {problem.start}); "
+            "gencli reads text, not binary data"
+        ) from None
 
 
 PromptArgument = Annotated[

@@ -142,3 +142,14 @@ def test_refusals_before_the_session(tiny_model_dir, args, message):
     result = runner.invoke(app, ["chat", "--model", str(tiny_model_dir), *args], input="Hello\n")
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr.startswith("gencli: error: ") and message in result.stderr
+
+
+def test_a_line_that_is_not_utf8_is_refused_and_the_session_goes_on(tiny_model_dir):
+    result = runner.invoke(
+        app,
+        ["chat", "--model", str(tiny_model_dir), "--mode", "kv-cache", "-n", "4", "--json", "-q"],
+        input=b"Hello\n\xff bad\nAgain\n",
+    )
+    assert result.exit_code == 1
+    assert [turn["turn"] for turn in records(result)] == [1, 2]
+    assert result.stderr.startswith("gencli: error: the prompt is not valid UTF-8 text")

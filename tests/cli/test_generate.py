@@ -290,3 +290,44 @@ def test_a_prompt_cache_that_is_not_a_regular_file_is_refused(tiny_model_dir, tm
         gencli("Hi", "--model", tiny_model_dir, "--mode", "kv-cache", "--prompt-cache", "/dev/null"),
         "--prompt-cache /dev/null is not a regular file",
     )
+
+
+def test_stdin_that_is_not_utf8_is_one_line(tiny_model_dir):
+    result = runner.invoke(app, ["generate", "--model", str(tiny_model_dir)], input=b"\xff\xfe binary")
+    assert_one_line_error(result, "stdin is not UTF-8 text (byte 0xff at offset 0)")
+
+
+def test_an_argument_that_is_not_utf8_is_one_line(tiny_model_dir):
+    # Python hands argv bytes that are not UTF-8 over as surrogates
+    assert_one_line_error(
+        gencli("caf\udce9", "--model", tiny_model_dir), "the prompt is not valid UTF-8 text"
+    )
+
+
+def test_a_full_disk_on_stdout_is_one_line_and_exit_1(tiny_model_dir):
+    for args in (["models"], ["generate", "Hello", "--model", str(tiny_model_dir), "-n", "4", "--no-log"]):
+        with open("/dev/full", "w") as full:
+            done = subprocess.run(
+                [sys.executable, "-m", "gencli", *args],
+                stdout=full,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+            )
+        assert done.returncode == 1
+        assert (
+            done.stderr.decode().splitlines()[-1]
+            == "gencli: error: cannot write the output: No space left on device"
+        )
+        assert b"Traceback" not in done.stderr
+
+
+def test_sigterm_is_handled_like_ctrl_c(tiny_model_dir):
+    process = run_gencli(
+        "generate", "Hello", "--model", tiny_model_dir, "--mode", "greedy", "-n", 1000, "--no-log"
+    )
+    first_bytes = process.stdout.read(8)
+    process.send_signal(signal.SIGTERM)
+    rest, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert len(first_bytes) == 8 and (first_bytes + rest).endswith(b"\n")
+    assert b"Traceback" not in stderr and b"(interrupted)" in stderr

@@ -85,3 +85,14 @@ def test_chat_prompt_commands_ctrl_c_and_ctrl_d(tiny_model_dir, user_dirs):
     assert child.exitstatus == 0
     history = (user_dirs / "user-data" / "gencli" / "chat_history").read_text()
     assert "What news?" in history and "/show" in history
+
+
+def test_sigterm_ends_a_chat_where_ctrl_c_would_not(tiny_model_dir, user_dirs):
+    import signal
+
+    child = spawn_chat(tiny_model_dir, user_dirs, "-n", "4")
+    child.expect(">>> ")
+    child.kill(signal.SIGTERM)
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 130
