@@ -22,7 +22,7 @@ from gencli.errors import GencliError
 from gencli.generation import GenerationInterrupted, GenerationResult, generate_text
 from gencli.loading import LoadedModel
 from gencli.prefix import CachedPrefix, common_prefix_length
-from gencli.settings import DecodingOptions
+from gencli.settings import DecodingOptions, check_prompt
 
 DIALOGUE_TEMPLATE = "\nUser: {text}\nAssistant:"
 RAW_TEMPLATE = "{text}"
@@ -150,6 +150,7 @@ class ChatSession:
     def send(self, text: str, on_text: Callable[[str], None] | None = None) -> TurnResult:
         """Append the user's `text`, generate the reply, keep both. Raises ChatInterrupted (the
         partial reply kept) on Ctrl-C."""
+        check_prompt(text)
         entry = self.template.entry(text)
         prompt, dropped = self._fit(entry)
         self.turns = self.turns[dropped:]
