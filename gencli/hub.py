@@ -1,4 +1,4 @@
-"""The Hugging Face hub: is it reachable, and fetching a model into the local cache.
+"""Where a model's files are: here already, or fetched from the Hugging Face hub into its cache.
 
 Imports neither torch nor transformers (`gencli pull` needs neither).
 """
@@ -9,12 +9,19 @@ import sys
 import threading
 from pathlib import Path
 
-from gencli.catalog import check_runnable
+from gencli.catalog import DEMO_MODEL, bundled_model_dir, check_runnable, locate_model, looks_like_path
 from gencli.errors import GencliError
 
 
 class ModelUnavailable(GencliError):
     """A hub model that is neither cached nor reachable: the case the demo model can stand in for."""
+
+
+def fallback_notice(name: str) -> str:
+    return (
+        f"{name} is not cached and the hub is unreachable: using the bundled demo model "
+        "(--no-fallback makes this an error)"
+    )
 
 
 def hub_is_reachable(timeout_s: float = 2.0) -> bool:
@@ -81,3 +88,23 @@ def download_model(model_id: str) -> Path:
         raise GencliError(
             f"cannot download model {model_id!r}: {str(error).splitlines()[0]} Check the hub id"
         ) from None
+
+
+def model_folder(name: str) -> Path:
+    """The local folder to load `name` from, downloading a hub model that is not cached yet.
+
+    A cached hub model is used as it is, with no network request: `gencli pull` updates it."""
+    if name == DEMO_MODEL and not (bundled_model_dir() / "config.json").exists():
+        raise GencliError("the bundled demo model is missing from this installation; reinstall gencli")
+    folder = locate_model(name)
+    if folder is not None:
+        return folder
+    if looks_like_path(name):
+        raise GencliError(f"model folder {name!r} does not exist; check the --model path")
+    if not hub_is_reachable():
+        raise ModelUnavailable(
+            f"model {name!r} is not in the local Hugging Face cache and the hub is unreachable "
+            "(or HF_HUB_OFFLINE is set); pass a local folder with --model PATH, --model demo for the "
+            "bundled model, or download it once with network access (gencli pull MODEL)"
+        )
+    return download_model(name)

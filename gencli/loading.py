@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,20 +13,16 @@ from transformers.generation.stopping_criteria import StopStringCriteria
 
 from gencli.catalog import (
     DEMO_MODEL,
-    bundled_model_dir,
     check_runnable,
-    locate_model,
-    looks_like_path,
     read_config,
 )
 from gencli.errors import GencliError
-from gencli.hub import ModelUnavailable, download_model, hub_is_reachable, quiet_libraries
+from gencli.hub import ModelUnavailable, fallback_notice, model_folder, quiet_libraries
+from gencli.tokens import BUNDLED_TOKENIZER, load_tokenizer
 
 if TYPE_CHECKING:
     from gencli.engines import Engine
 
-BUNDLED_TOKENIZER = resources.files("gencli") / "assets" / "gpt2-tokenizer"
-GPT2_VOCAB_SIZE = 50257
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -105,42 +100,6 @@ def resolve_dtype(name: str, folder: Path | None = None) -> torch.dtype:
     return _DTYPES.get(config.get("dtype") or config.get("torch_dtype"), torch.float32)
 
 
-def _load_tokenizer(folder: Path, model: PreTrainedModel) -> PreTrainedTokenizerBase:
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError):
-        tokenizer = None
-    # transformers 5.x builds an EMPTY tokenizer, without error, for a folder lacking tokenizer files.
-    if tokenizer is not None and len(tokenizer) > 1:
-        return tokenizer
-    if model.config.vocab_size == GPT2_VOCAB_SIZE:
-        return AutoTokenizer.from_pretrained(str(BUNDLED_TOKENIZER))
-    raise GencliError(
-        f"model folder {folder} has no tokenizer files and a vocabulary of {model.config.vocab_size} "
-        "tokens; save its tokenizer into the model folder (tokenizer.save_pretrained(folder))"
-    )
-
-
-def model_folder(name: str) -> Path:
-    """The local folder to load `name` from, downloading a hub model that is not cached yet.
-
-    A cached hub model is used as it is, with no network request: `gencli pull` updates it."""
-    if name == DEMO_MODEL and not (bundled_model_dir() / "config.json").exists():
-        raise GencliError("the bundled demo model is missing from this installation; reinstall gencli")
-    folder = locate_model(name)
-    if folder is not None:
-        return folder
-    if looks_like_path(name):
-        raise GencliError(f"model folder {name!r} does not exist; check the --model path")
-    if not hub_is_reachable():
-        raise ModelUnavailable(
-            f"model {name!r} is not in the local Hugging Face cache and the hub is unreachable "
-            "(or HF_HUB_OFFLINE is set); pass a local folder with --model PATH, --model demo for the "
-            "bundled model, or download it once with network access (gencli pull MODEL)"
-        )
-    return download_model(name)
-
-
 def load_model(name: str, device: str = "auto", dtype: str = "auto", fallback: bool = False) -> LoadedModel:
     """Load `name`: `demo`, a local folder, or a hub id, ready for inference.
 
@@ -155,10 +114,7 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", fallback: b
         if not fallback:
             raise
         loaded = load_model(DEMO_MODEL, device, dtype)
-        loaded.fallback_reason = (
-            f"{name} is not cached and the hub is unreachable: using the bundled demo model "
-            "(--no-fallback makes this an error)"
-        )
+        loaded.fallback_reason = fallback_notice(name)
         return loaded
     check_runnable(name, folder)
     torch_device = resolve_device(device)
@@ -172,7 +128,7 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", fallback: b
             "Check the hub id, or pass a local folder with --model PATH"
         ) from None
     model.to(torch_device).eval()
-    tokenizer = _load_tokenizer(folder, model)
+    tokenizer = load_tokenizer(folder, model.config.vocab_size)
     return LoadedModel(
         name=name, model=model, tokenizer=tokenizer, folder=folder, load_s=time.perf_counter() - started
     )

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from gencli.scratch.probe import AttentionMap
     from gencli.scratch.verify import VerifyReport
     from gencli.settings import ResolvedSettings
+    from gencli.tokens import TokenPiece
 
 
 def stderr_console() -> Console:
@@ -211,6 +212,27 @@ def print_turn_stats(turn: ChatTurn, console: Console) -> None:
         f"({result.finish_reason})[/dim]",
         soft_wrap=True,
     )
+
+
+_TOKEN_STYLES = ("black on cyan", "black on yellow")
+
+
+def print_tokens(pieces: list[TokenPiece], console: Console) -> None:
+    """On a terminal, the text with each token on its own colour; then one line per token (id,
+    piece) and the count."""
+    from rich.text import Text
+
+    if console.is_terminal:
+        inline = Text()
+        for index, piece in enumerate(pieces):
+            inline.append(piece.label, style=_TOKEN_STYLES[index % 2])
+        console.print(inline, soft_wrap=True)
+    width = max((len(str(piece.id)) for piece in pieces), default=1)
+    for index, piece in enumerate(pieces):
+        line = Text(f"{piece.id:>{width}}  ")
+        line.append(piece.label, style=_TOKEN_STYLES[index % 2] if console.is_terminal else "")
+        console.print(line, soft_wrap=True, highlight=False)
+    console.print(f"{len(pieces)} tokens", highlight=False)
 
 
 def _human_bytes(count: int) -> str:

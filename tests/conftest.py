@@ -18,7 +18,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from gencli.loading import BUNDLED_TOKENIZER, LoadedModel, load_model
+from gencli.loading import LoadedModel, load_model
+from gencli.tokens import BUNDLED_TOKENIZER
 
 TINY_CONFIG = {
     "n_layer": 2,

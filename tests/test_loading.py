@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from gencli.errors import GencliError
-from gencli.loading import BUNDLED_TOKENIZER, load_model, resolve_device, resolve_dtype
+from gencli.loading import load_model, resolve_device, resolve_dtype
+from gencli.tokens import BUNDLED_TOKENIZER
 from tests.conftest import save_tiny_model
 
 KNOWN_SENTENCE = "Hello world! The meaning of life is"

@@ -6,7 +6,20 @@ stays fast.
 
 import typer
 
-from gencli.cli import attention, batch, bench, chat, compare, config, generate, logs, models, serve, verify
+from gencli.cli import (
+    attention,
+    batch,
+    bench,
+    chat,
+    compare,
+    config,
+    generate,
+    logs,
+    models,
+    serve,
+    tokenize,
+    verify,
+)
 from gencli.cli.edge import GencliCommand, GencliGroup, handle_sigterm
 
 
@@ -48,6 +61,8 @@ for command in (
     batch.batch,
     verify.verify,
     attention.attention,
+    tokenize.tokenize,
+    tokenize.detokenize,
     models.models,
     models.pull,
     models.show,

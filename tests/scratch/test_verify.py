@@ -4,9 +4,10 @@ import pytest
 import torch
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from gencli.loading import BUNDLED_TOKENIZER, load_model
+from gencli.loading import load_model
 from gencli.scratch import MultiHeadSelfAttention
 from gencli.scratch.verify import ATTENTION_ATOL, LOGITS_ATOL, verify
+from gencli.tokens import BUNDLED_TOKENIZER
 
 
 class KeysAndValuesFromQueryProjection(MultiHeadSelfAttention):

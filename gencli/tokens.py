@@ -1,0 +1,104 @@
+"""How text becomes tokens: each token's id and the bytes it stands for, readable.
+
+GPT-2's tokenizer is byte-level BPE: a token stands for a run of UTF-8 bytes, written in its
+vocabulary with one printable character per byte (`Ġ` is a space). A token can hold part of a
+character (an accented letter, CJK or emoji take 2-4 bytes), so a piece is shown as text when its
+bytes are whole UTF-8 and as byte values when they are not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from gencli.catalog import read_config
+from gencli.errors import GencliError
+
+BUNDLED_TOKENIZER = resources.files("gencli") / "assets" / "gpt2-tokenizer"
+GPT2_VOCAB_SIZE = 50257
+
+
+def load_tokenizer(folder: Path, vocab_size: int | None = None) -> Any:
+    """The model folder's tokenizer; GPT-2's bundled one for a GPT-2-sized vocabulary without
+    tokenizer files. `vocab_size` defaults to the folder's config."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError):
+        tokenizer = None
+    # transformers 5.x builds an EMPTY tokenizer, without error, for a folder lacking tokenizer files.
+    if tokenizer is not None and len(tokenizer) > 1:
+        return tokenizer
+    vocab_size = read_config(folder).get("vocab_size") if vocab_size is None else vocab_size
+    if vocab_size == GPT2_VOCAB_SIZE:
+        return AutoTokenizer.from_pretrained(str(BUNDLED_TOKENIZER))
+    raise GencliError(
+        f"model folder {folder} has no tokenizer files and a vocabulary of {vocab_size} "
+        "tokens; save its tokenizer into the model folder (tokenizer.save_pretrained(folder))"
+    )
+
+
+@cache
+def byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-to-character table, inverted: printable bytes stand for themselves, the
+    others (controls, space, ...) for characters from 256 on, in order."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    characters, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            characters[chr(byte)] = byte
+        else:
+            characters[chr(256 + extra)] = byte
+            extra += 1
+    return characters
+
+
+@dataclass(frozen=True)
+class TokenPiece:
+    id: int
+    data: bytes  # the UTF-8 bytes this token stands for
+
+    @property
+    def text(self) -> str | None:
+        """The piece as text, or None when its bytes are part of a character."""
+        try:
+            return self.data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+
+    @property
+    def label(self) -> str:
+        """Readable at a glance: spaces as ·, newlines and tabs escaped, bytes of a partial
+        character as \\xNN."""
+        text = self.data.decode("utf-8", "backslashreplace")
+        return text.replace(" ", "·").replace("\n", "\\n").replace("\t", "\\t")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "text": self.text, "bytes": list(self.data), "label": self.label}
+
+
+def token_bytes(tokenizer: Any, token_id: int) -> bytes:
+    token = tokenizer.convert_ids_to_tokens(token_id)
+    table = byte_decoder()
+    if token is not None and all(character in table for character in token):
+        return bytes(table[character] for character in token)
+    # A special token (<|endoftext|>) or a tokenizer that is not byte-level: its decoded text.
+    return tokenizer.decode([token_id]).encode("utf-8")
+
+
+def tokenize(tokenizer: Any, text: str) -> list[TokenPiece]:
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return [TokenPiece(token_id, token_bytes(tokenizer, token_id)) for token_id in ids]
+
+
+def detokenize(tokenizer: Any, ids: list[int]) -> str:
+    """The text of `ids`; GencliError-free: the caller checks the ids against the vocabulary."""
+    return tokenizer.decode(ids)

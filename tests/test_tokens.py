@@ -1,0 +1,49 @@
+"""Token pieces: the bytes each token stands for, round-tripping to the text."""
+
+import pytest
+from transformers import AutoTokenizer
+
+from gencli.catalog import bundled_model_dir
+from gencli.tokens import BUNDLED_TOKENIZER, TokenPiece, load_tokenizer, tokenize
+
+TEXTS = [
+    "Hello world! The meaning of life is",
+    "Ça va? Crème brûlée.",
+    "世界你好",
+    "ok 🙂👍🏽 done",
+    "tab\tnew\nline  two",
+]
+
+
+@pytest.fixture(scope="module", params=["gpt2", "demo"])
+def tokenizer(request):
+    if request.param == "gpt2":
+        return AutoTokenizer.from_pretrained(str(BUNDLED_TOKENIZER))
+    return load_tokenizer(bundled_model_dir())
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_pieces_round_trip_to_the_text(tokenizer, text):
+    pieces = tokenize(tokenizer, text)
+    assert [piece.id for piece in pieces] == tokenizer.encode(text, add_special_tokens=False)
+    assert b"".join(piece.data for piece in pieces) == text.encode("utf-8")
+
+
+def test_known_gpt2_ids_and_labels():
+    pieces = tokenize(
+        AutoTokenizer.from_pretrained(str(BUNDLED_TOKENIZER)), "Hello world! The meaning of life is"
+    )
+    assert [piece.id for piece in pieces] == [15496, 995, 0, 383, 3616, 286, 1204, 318]
+    assert [piece.label for piece in pieces][:3] == ["Hello", "·world", "!"]
+
+
+def test_a_character_split_across_tokens_shows_its_bytes():
+    piece = TokenPiece(1, "é".encode()[:1])
+    assert piece.text is None and piece.label == "\\xc3"
+    assert TokenPiece(2, b" \n").label == "·\\n"
+    assert TokenPiece(3, b"\xf0\x9f\x99\x82").to_dict() == {
+        "id": 3,
+        "text": "🙂",
+        "bytes": [240, 159, 153, 130],
+        "label": "🙂",
+    }
