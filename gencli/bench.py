@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from gencli.generation import GenerationResult, generate_text
+from gencli.generation import GenerationInterrupted, GenerationResult, generate_text
 from gencli.loading import LoadedModel
 from gencli.settings import MODES, DecodingOptions
 
@@ -132,10 +132,12 @@ class BenchReport:
     sweep: list[BenchRow] = field(default_factory=list)
     # The headline again, in another dtype: same weights, same run, same read bandwidth.
     other_dtype: BenchReport | None = None
+    # Ctrl-C (or SIGTERM) stopped the run: the rows are the cells measured before it.
+    interrupted: bool = False
 
     @property
-    def read_bandwidth_bytes_per_s(self) -> float:
-        return statistics.median(self.read_bandwidth_samples)
+    def read_bandwidth_bytes_per_s(self) -> float | None:
+        return statistics.median(self.read_bandwidth_samples) if self.read_bandwidth_samples else None
 
     def bandwidth_fraction(self, row: BenchRow) -> float:
         return self.weight_bytes * row.decode_tokens_per_s / self.read_bandwidth_bytes_per_s
@@ -184,6 +186,7 @@ class BenchReport:
             "sweep": rows(self.sweep),
             "other_dtype": self.other_dtype.to_dict() if self.other_dtype else None,
             "ratios": self.ratios(),
+            "interrupted": self.interrupted,
         }
 
 
@@ -276,9 +279,12 @@ def run_bench(
         for (_, rows, mode, _), cell_runs, cell_peaks in zip(cells, runs, peaks, strict=True):
             rows.append(_row(mode, cell_runs, None if None in cell_peaks else max(cell_peaks)))
 
-    measure(headline, prompt_tokens, new_tokens)
-    for length in lengths:
-        measure([(loaded, report.sweep)], length - sweep_new_tokens, sweep_new_tokens)
+    try:
+        measure(headline, prompt_tokens, new_tokens)
+        for length in lengths:
+            measure([(loaded, report.sweep)], length - sweep_new_tokens, sweep_new_tokens)
+    except (KeyboardInterrupt, GenerationInterrupted):
+        report.interrupted = True
     return report
 
 

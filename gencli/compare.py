@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from gencli.generation import GenerationResult, generate_text
+from gencli.generation import GenerationInterrupted, GenerationResult, generate_text
 from gencli.loading import LoadedModel
 from gencli.settings import MODES, DecodingOptions
 
@@ -38,6 +38,8 @@ class Divergence:
 class Comparison:
     results: dict[str, GenerationResult]
     divergence: Divergence | None
+    # Ctrl-C stopped it: the last result is partial, and modes after it did not run.
+    interrupted: bool = False
 
     @property
     def agree(self) -> bool:
@@ -48,6 +50,7 @@ class Comparison:
             "agree": self.agree,
             "divergence": self.divergence.to_dict() if self.divergence else None,
             "results": {mode: result.to_dict() for mode, result in self.results.items()},
+            "interrupted": self.interrupted,
         }
 
 
@@ -91,5 +94,14 @@ def compare_modes(
     if options.samples and options.seed is None:
         # Every mode must draw from the same random stream: fix one seed for all of them.
         options = options.model_copy(update={"seed": random.SystemRandom().randrange(2**32)})
-    results = {mode: generate_text(loaded, prompt, mode, options) for mode in modes}
+    results = {}
+    for mode in modes:
+        try:
+            results[mode] = generate_text(loaded, prompt, mode, options)
+        except GenerationInterrupted as interrupted:
+            # The modes that finished are still compared; the partial one is shown, not judged.
+            complete = dict(results)
+            results[mode] = interrupted.result
+            divergence = find_divergence(loaded, complete) if complete else None
+            return Comparison(results, divergence, interrupted=True)
     return Comparison(results, find_divergence(loaded, results))

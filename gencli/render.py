@@ -437,6 +437,14 @@ def print_comparison(comparison: Comparison, tokenizer: Any, console: Console) -
         )
     console.print(table)
     divergence = comparison.divergence
+    if comparison.interrupted:
+        complete = len(comparison.results) - 1
+        console.print(
+            f"interrupted during {list(comparison.results)[-1]}: {complete} mode(s) finished", end=""
+        )
+        console.print("; they disagree, below" if divergence else ", and they agree")
+        if divergence is None:
+            return
     if divergence is None:
         count = len(next(iter(comparison.results.values())).token_ids)
         console.print(f"[green]all {len(comparison.results)} modes agree on all {count} tokens[/green]")
@@ -505,6 +513,10 @@ def _bench_table(title: str, report: BenchReport, rows: list[BenchRow]) -> Table
 
 def print_bench(report: BenchReport, console: Console) -> None:
     samples = [sample / 1e9 for sample in report.read_bandwidth_samples]
+    if report.interrupted:
+        console.print(f"Interrupted: the {len(report.headline) + len(report.sweep)} rows measured before it.")
+    if not samples:
+        return
     console.print(
         f"{report.model} · {report.device} {report.dtype} · {report.threads} threads · "
         f"weights {_human_bytes(report.weight_bytes)} · measured read bandwidth "

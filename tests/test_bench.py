@@ -103,3 +103,26 @@ def test_peak_memory_starts_from_the_level_at_entry():
     with PeakMemory(torch.device("cpu")) as memory:
         pass
     assert memory.peak_bytes < 16 * 2**20
+
+
+def test_ctrl_c_prints_the_rows_measured_so_far_and_exits_130(tiny_model_dir, monkeypatch):
+    from gencli import bench
+
+    original = bench.generate_text
+    calls = {"count": 0}
+
+    def interrupt_later(*args, **kwargs):
+        calls["count"] += 1
+        if calls["count"] == 9:  # after the headline's warm-ups and runs for both modes
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "generate_text", interrupt_later)
+    args = ["bench", "--model", str(tiny_model_dir), "--modes", "kv-cache", "--modes", "greedy"]
+    result = runner.invoke(
+        app, [*args, "--lengths", "32", "--new-tokens", "4", "--sweep-new-tokens", "4", "--json"]
+    )
+    assert result.exit_code == 130, result.output
+    report = json.loads(result.stdout)
+    assert report["interrupted"] is True
+    assert [row["mode"] for row in report["headline"]] == ["kv-cache", "greedy"] and report["sweep"] == []

@@ -82,3 +82,27 @@ def test_stopped_early_counts_as_divergence(tiny):
 def test_unknown_mode(tiny_model_dir):
     result = runner.invoke(app, ["compare", "Hi", "--model", str(tiny_model_dir), "--modes", "fast"])
     assert result.exit_code == 2 and "unknown mode 'fast'" in result.stderr
+
+
+def test_ctrl_c_keeps_the_modes_run_so_far(tiny_model_dir, monkeypatch):
+    from gencli import generation
+
+    original_put = generation._RecordingStreamer.put
+    calls = {"runs": 0}
+
+    def interrupt_the_third_mode(self, value):
+        original_put(self, value)
+        if not hasattr(self, "counted"):
+            self.counted = True
+            calls["runs"] += 1
+        if calls["runs"] == 3 and len(self.token_ids) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(generation._RecordingStreamer, "put", interrupt_the_third_mode)
+    result = runner.invoke(app, ["compare", "Hello", "--model", str(tiny_model_dir), "-n", "6", "--json"])
+    assert result.exit_code == 130, result.output
+    data = json.loads(result.stdout)
+    assert data["interrupted"] is True and data["agree"] is True
+    assert list(data["results"]) == ["generate", "greedy", "kv-cache"]
+    assert data["results"]["kv-cache"]["finish_reason"] == "interrupted"
+    assert len(data["results"]["kv-cache"]["token_ids"]) == 2

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from gencli.cli.edge import load, startup_status
+from gencli.cli.edge import EXIT_INTERRUPTED, load, startup_status
 from gencli.cli.options import (
     DTYPE,
     MODEL,
@@ -111,6 +111,8 @@ def bench(
         render.print_json(report.to_dict())
     else:
         render.print_bench(report, render.stdout_console())
-    if plot is not None:
+    if plot is not None and not report.interrupted:
         render.save_bench_plot(report, str(plot))
         render.stderr_console().print(f"wrote {plot}")
+    if report.interrupted:
+        raise typer.Exit(EXIT_INTERRUPTED)

@@ -6,7 +6,7 @@ from typing import Any
 
 import typer
 
-from gencli.cli.edge import load_with_settings, startup_status
+from gencli.cli.edge import EXIT_INTERRUPTED, load_with_settings, startup_status
 from gencli.cli.options import (
     DECODING,
     DTYPE,
@@ -54,4 +54,4 @@ def compare(
         render.print_json(comparison.to_dict())
     else:
         render.print_comparison(comparison, loaded.tokenizer, render.stdout_console())
-    raise typer.Exit(0 if comparison.agree else 1)
+    raise typer.Exit(EXIT_INTERRUPTED if comparison.interrupted else 0 if comparison.agree else 1)
