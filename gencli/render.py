@@ -320,16 +320,22 @@ def _verdict(passed: bool) -> str:
 def print_verify_report(report: VerifyReport, console: Console) -> None:
     from gencli.scratch.verify import CASES
 
-    table = Table(title=f"From-scratch attention vs Hugging Face: {report.model}", title_justify="left")
-    for column in ("case", "layer", "max abs error", "mean abs error", "atol", "result"):
-        table.add_column(column, justify="left" if column == "case" else "right")
+    table = Table(
+        title=f"From-scratch attention vs Hugging Face: {report.model}",
+        title_justify="left",
+        caption="a check passes when every element is within atol + rtol x |expected| (as torch.allclose)",
+        caption_justify="left",
+    )
+    for column in ("case", "layer", "max abs error", "max rel error", "atol", "rtol", "result"):
+        table.add_column(column, justify="left" if column == "case" else "right", no_wrap=column == "case")
     for check in report.checks:
         table.add_row(
             f"({check.case}) {CASES[check.case]}",
             "all" if check.layer is None else str(check.layer),
-            f"{check.max_abs_error:.2e}",
-            f"{check.mean_abs_error:.2e}",
+            f"{check.max_abs_error:.1e}",
+            f"{check.max_rel_error:.1e}",
             f"{check.atol:.0e}",
+            f"{check.rtol:.0e}",
             _verdict(check.passed),
         )
     console.print(table)

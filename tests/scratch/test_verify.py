@@ -62,3 +62,18 @@ def test_verify_catches_known_bugs(tiny, buggy):
         failures = [c for c in report.checks if c.case == case and not c.passed]
         assert len(failures) == 2, f"case ({case}) should fail on every layer"
         assert all(c.max_abs_error > 100 * ATTENTION_ATOL for c in failures)
+
+
+def test_checks_are_relative_and_absolute_as_allclose_is():
+    import torch
+
+    from gencli.scratch.verify import compare
+
+    expected = torch.tensor([60.0, -0.001, 0.0])
+    # 6e-5 off at 60 is a relative error of 1e-6: an absolute bound of 1e-5 alone would fail it
+    large = compare("a", 0, expected, expected + torch.tensor([6e-5, 0.0, 0.0]), atol=1e-5)
+    assert large.passed and large.max_abs_error > 1e-5 and large.max_rel_error < 2e-6
+    small = compare("a", 0, expected, expected + torch.tensor([0.0, 1e-3, 0.0]), atol=1e-5)
+    assert not small.passed and small.max_rel_error == pytest.approx(1.0, rel=1e-3)
+    zero = compare("a", 0, expected, expected + torch.tensor([0.0, 0.0, 2e-5]), atol=1e-5)
+    assert not zero.passed  # near zero only the absolute bound helps
