@@ -33,23 +33,36 @@ class BatchItem:
     options: DecodingOptions
 
 
+class LineError(GencliError):
+    """What is wrong with one input line; `item_id` is the line's id when it has one."""
+
+    def __init__(self, message: str, item_id: str | None = None):
+        super().__init__(message)
+        self.item_id = item_id
+
+
 def parse_line(line: int, text: str, defaults: DecodingOptions) -> BatchItem:
-    """One JSONL line -> a validated item; GencliError says what is wrong with it."""
+    """One JSONL line -> a validated item; LineError says what is wrong with it."""
     try:
         record = json.loads(text)
     except ValueError as error:
-        raise GencliError(f"not valid JSON ({error})") from None
+        raise LineError(f"not valid JSON ({error})") from None
+    except RecursionError:
+        raise LineError("not valid JSON here (nested too deeply)") from None
     if not isinstance(record, dict):
-        raise GencliError("not a JSON object")
+        raise LineError("not a JSON object")
+    item_id = None if record.get("id") is None else str(record["id"])
     prompt = record.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise GencliError("'prompt' must be a non-empty string")
-    unknown = set(record) - set(DECODING_KEYS) - {"prompt", "id"}
-    if unknown:
-        raise UnknownSettingError(unknown, "the line", ("prompt", "id", *DECODING_KEYS))
-    overrides = check_values({key: value for key, value in record.items() if key in DECODING_KEYS})
-    item_id = record.get("id", line)
-    return BatchItem(line, str(item_id), prompt, defaults.model_copy(update=overrides))
+    try:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise GencliError("'prompt' must be a non-empty string")
+        unknown = set(record) - set(DECODING_KEYS) - {"prompt", "id"}
+        if unknown:
+            raise UnknownSettingError(unknown, "the line", ("prompt", "id", *DECODING_KEYS))
+        overrides = check_values({key: value for key, value in record.items() if key in DECODING_KEYS})
+    except GencliError as error:
+        raise LineError(str(error), item_id) from None
+    return BatchItem(line, item_id or str(line), prompt, defaults.model_copy(update=overrides))
 
 
 def error_record(line: int, item_id: str | None, message: str) -> dict[str, Any]:
@@ -173,8 +186,8 @@ def _run_chunk(loaded, chunk, defaults, skip_ids, seen, on_done) -> Iterator[dic
     for number, text in chunk:
         try:
             item = parse_line(number, text, defaults)
-        except GencliError as error:
-            records[number] = error_record(number, None, str(error))
+        except LineError as error:
+            records[number] = error_record(number, error.item_id, str(error))
             continue
         if item.id in seen:
             records[number] = error_record(number, item.id, f"duplicate id {item.id!r}")

@@ -14,6 +14,7 @@ import json
 import math
 import platform
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -99,7 +100,7 @@ def main() -> None:
     parser.add_argument("--n-head", type=int, default=8)
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=1600)
+    parser.add_argument("--steps", type=int, default=1400)  # what the shipped model was trained for
     parser.add_argument("--lr", type=float, default=1.5e-3)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1234)
@@ -153,14 +154,14 @@ def main() -> None:
         TextColumn("[bold]training"),
         BarColumn(),
         TextColumn("step {task.completed}/{task.total}"),
-        TextColumn("loss {task.fields[loss]:.3f}"),
+        TextColumn("loss {task.fields[loss]}"),
         TextColumn("{task.fields[speed]:,.0f} tokens/s"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     ]
     smoothed_loss = float("nan")
     with Progress(*columns) as progress:
-        task = progress.add_task("train", total=args.steps, loss=float("nan"), speed=0.0)
+        task = progress.add_task("train", total=args.steps, loss="-", speed=0.0)
         for step in range(args.steps):
             last_start = len(train_tokens) - args.context - 1
             starts = torch.randint(0, last_start, (args.batch_size,), generator=batches)
@@ -175,7 +176,7 @@ def main() -> None:
             value = loss.item()
             smoothed_loss = value if math.isnan(smoothed_loss) else 0.98 * smoothed_loss + 0.02 * value
             speed = (step + 1) * tokens_per_step / (time.perf_counter() - train_started)
-            progress.update(task, advance=1, loss=smoothed_loss, speed=speed)
+            progress.update(task, advance=1, loss=f"{smoothed_loss:.3f}", speed=speed)
     train_seconds = time.perf_counter() - train_started
 
     # Ship fp16 weights (half the size); measure the model as shipped, upcast as gencli loads it on CPU.
@@ -255,4 +256,8 @@ nothing else and is not meant for any real use.
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # nothing is written before training ends, so nothing is left half-done
+        print("interrupted: no model was written", file=sys.stderr)
+        sys.exit(130)

@@ -168,3 +168,21 @@ def test_output_naming_the_input_file_is_refused(tiny_model_dir, tmp_path):
     result = runner.invoke(app, ["batch", str(path), "--model", str(tiny_model_dir), "--output", str(path)])
     assert result.exit_code == 2 and "is the input file" in result.stderr
     assert path.read_text() == before
+
+
+def test_a_byte_order_mark_a_deep_line_and_ids_in_error_records(tiny_model_dir, tmp_path):
+    path = tmp_path / "in.jsonl"
+    lines = [
+        json.dumps({"id": "first", "prompt": "Hello"}),
+        "[" * 100_000 + "]" * 100_000,
+        json.dumps({"id": "bad", "prompt": "Hi", "top_p": 5}),
+        json.dumps({"id": "last", "prompt": "Bye"}),
+    ]
+    path.write_text("\ufeff" + "\n".join(lines) + "\n", encoding="utf-8")
+    result = runner.invoke(app, ["batch", str(path), "--model", str(tiny_model_dir), "-n", "2"])
+    assert result.exit_code == 1, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [record["id"] for record in records] == ["first", None, "bad", "last"]
+    assert "error" not in records[0] and "error" not in records[3]
+    assert "nested too deeply" in records[1]["error"] and records[1]["line"] == 2
+    assert "'top_p' must be a number" in records[2]["error"]

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from gencli.cli.edge import load_with_settings, notice, startup_status
-from gencli.cli.options import DECODING, DTYPE, MODEL, SOURCES, command_line_layers, with_options
+from gencli.cli.options import DECODING, DTYPE, MODEL, SOURCES, command_line_layers, read_stdin, with_options
 from gencli.errors import GencliError
 
 
@@ -52,9 +52,10 @@ def batch(
             f"--output {output} is the input file: the results would replace the prompts; pick another"
         )
     try:
-        lines = (sys.stdin.read() if str(input_path) == "-" else input_path.read_text("utf-8")).splitlines()
+        text = read_stdin() if str(input_path) == "-" else input_path.read_text("utf-8")
     except (OSError, UnicodeDecodeError) as problem:
         raise GencliError(f"cannot read {input_path}: {problem}; check the path") from None
+    lines = text.removeprefix("\ufeff").splitlines()  # a byte-order mark is not part of line 1
 
     with startup_status("starting") as step:
         loaded, resolved = load_with_settings(layers, step)
