@@ -166,3 +166,16 @@ def test_a_symlinked_cache_stays_a_link(tiny, tmp_path):
     assert (
         run(tiny, LONGER, "kv-cache", target)[0].prompt_cache_tokens == len(tiny.tokenizer.encode(LONGER)) - 1
     )
+
+
+def test_a_one_row_change_to_the_weights_refuses_the_cache(tmp_path):
+    folder = save_tiny_model(tmp_path / "model")
+    path = tmp_path / "p.safetensors"
+    run(load_model(str(folder), device="cpu"), PROMPT, "kv-cache", path)
+    changed = load_model(str(folder), device="cpu")
+    with torch.no_grad():
+        changed.model.transformer.wte.weight[12345] += 1e-3  # one embedding row, overwritten in place
+    changed.model.save_pretrained(folder)
+    reloaded = load_model(str(folder), device="cpu")
+    result, notices = run(reloaded, PROMPT, "kv-cache", path, read_only=True)
+    assert result.prompt_cache_tokens == 0 and "is for another model" in notices[0]

@@ -179,8 +179,8 @@ def load(settings: Settings, step: Callable[[str], None], arch: str | None = Non
         return random_model(arch, settings.device, settings.dtype)
     step(f"loading model {settings.model}")
     loaded = load_model(settings.model, settings.device, settings.dtype, settings.fallback)
-    if loaded.fallback_reason:
-        notice(loaded.fallback_reason)
+    for message in loaded.notices:
+        notice(message)
     return loaded
 
 

@@ -83,3 +83,23 @@ def test_pull_offline_is_one_line(hub_cache):
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr.startswith("gencli: error: cannot download model 'someone/else'")
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_truncated_weights_are_one_line(tiny_model_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    result = runner.invoke(app, ["generate", "Hi", "--model", str(folder)])
+    assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith(f"gencli: error: the weights of model '{folder}' in {folder} are damaged")
+
+
+def test_a_folder_without_tokenizer_says_which_tokenizer_it_uses(model_without_tokenizer):
+    result = runner.invoke(app, ["generate", "Hi", "--model", str(model_without_tokenizer), "-n", "2", "-q"])
+    assert result.exit_code == 0
+    assert result.stderr == (
+        f"gencli: {model_without_tokenizer} has no tokenizer files: using gencli's bundled GPT-2 tokenizer\n"
+    )
