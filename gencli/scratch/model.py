@@ -1,26 +1,58 @@
 """GPT-2 from scratch: embeddings, blocks of (LayerNorm -> attention -> residual -> LayerNorm -> MLP
--> residual), a final LayerNorm, and an LM head tied to the token embedding.
+-> residual), a final LayerNorm, and an LM head (tied to the token embedding, as in GPT-2, or not).
 
-Loads the weights of any Hugging Face `GPT2LMHeadModel` and keeps its own preallocated KV cache.
+Loads the weights of any Hugging Face `GPT2LMHeadModel` (any MLP width, the activations GPT-2's
+config may name, the attention scalings it may switch) and keeps its own preallocated KV cache.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from gencli.errors import GencliError
 from gencli.gemv import Projection
 from gencli.scratch.attention import KVCache, MultiHeadSelfAttention
-
-SUPPORTED_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """GPT-2's GELU, with the tanh approximation of the Gaussian CDF."""
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+
+
+def gelu_erf(x: torch.Tensor) -> torch.Tensor:
+    """GELU exactly: x times the Gaussian CDF, 0.5 * (1 + erf(x / sqrt 2))."""
+    return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+def silu(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(x)
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    """GELU approximated by a sigmoid: x * sigmoid(1.702 x)."""
+    return x * torch.sigmoid(1.702 * x)
+
+
+# The names a GPT-2 config's `activation_function` may use, as Hugging Face reads them.
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu_new": gelu_tanh,
+    "gelu_pytorch_tanh": gelu_tanh,
+    "gelu_fast": gelu_tanh,
+    "gelu": gelu_erf,
+    "gelu_python": gelu_erf,
+    "relu": torch.relu,
+    "silu": silu,
+    "swish": silu,
+    "quick_gelu": quick_gelu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "linear": lambda x: x,
+}
 
 
 @dataclass(frozen=True)
@@ -31,16 +63,20 @@ class ScratchConfig:
     n_layer: int
     n_head: int
     layer_norm_epsilon: float = 1e-5
+    n_inner: int | None = None  # the MLP's width; None: 4 * n_embd
+    activation: str = "gelu_new"
+    tied_head: bool = True  # the LM head is the token embedding
 
 
 class MLP(nn.Module):
-    def __init__(self, n_embd: int):
+    def __init__(self, n_embd: int, n_inner: int, activation: str):
         super().__init__()
-        self.expand = nn.Linear(n_embd, 4 * n_embd)
-        self.contract = nn.Linear(4 * n_embd, n_embd)
+        self.expand = nn.Linear(n_embd, n_inner)
+        self.activation = ACTIVATIONS[activation]
+        self.contract = nn.Linear(n_inner, n_embd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.contract(gelu_tanh(self.expand(x)))
+        return self.contract(self.activation(self.expand(x)))
 
 
 class Block(nn.Module):
@@ -49,7 +85,7 @@ class Block(nn.Module):
         self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.attention = MultiHeadSelfAttention(config.n_embd, config.n_head)
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
-        self.mlp = MLP(config.n_embd)
+        self.mlp = MLP(config.n_embd, config.n_inner or 4 * config.n_embd, config.activation)
 
     def forward(
         self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, cache: KVCache | None = None
@@ -83,6 +119,10 @@ class ScratchGPT2(nn.Module):
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        # An untied head has weights of its own, [vocab, n_embd] like the embedding's.
+        self.head_weight = (
+            None if config.tied_head else nn.Parameter(torch.empty(config.vocab_size, config.n_embd))
+        )
         self._head: Projection | None = None
 
     def new_cache(self, batch: int, max_length: int) -> ScratchCache:
@@ -119,7 +159,7 @@ class ScratchGPT2(nn.Module):
         The product is a `gencli.gemv.Projection`, whose one-row path (a decode step) streams the
         embedding at memory bandwidth. It is made once, and again when `wte.weight` is replaced
         (this is an inference model: its weights are not edited in place)."""
-        weight = self.wte.weight
+        weight = self.wte.weight if self.head_weight is None else self.head_weight
         if self._head is None or self._head.weight.data_ptr() != weight.data_ptr():
             self._head = Projection(weight, layout="out_in")
         return self._head(hidden)
@@ -128,8 +168,12 @@ class ScratchGPT2(nn.Module):
     def from_hf(cls, hf_model: nn.Module) -> ScratchGPT2:
         """Build from a Hugging Face `GPT2LMHeadModel`, on its device and in its dtype."""
         hf_config = hf_model.config
-        if hf_config.activation_function not in SUPPORTED_ACTIVATIONS:
-            raise ValueError(f"unsupported activation {hf_config.activation_function!r}")
+        if hf_config.activation_function not in ACTIVATIONS:
+            raise GencliError(
+                f"the from-scratch GPT-2 has no {hf_config.activation_function!r} activation; it covers "
+                f"{', '.join(ACTIVATIONS)}: use another mode for this model"
+            )
+        transformer = hf_model.transformer
         config = ScratchConfig(
             vocab_size=hf_config.vocab_size,
             n_positions=hf_config.n_positions,
@@ -137,14 +181,16 @@ class ScratchGPT2(nn.Module):
             n_layer=hf_config.n_layer,
             n_head=hf_config.n_head,
             layer_norm_epsilon=hf_config.layer_norm_epsilon,
+            n_inner=hf_config.n_inner,
+            activation=hf_config.activation_function,
+            tied_head=hf_model.lm_head.weight.data_ptr() == transformer.wte.weight.data_ptr(),
         )
-        transformer = hf_model.transformer
-        if not torch.equal(hf_model.lm_head.weight, transformer.wte.weight):
-            raise ValueError("the model's LM head is not tied to its token embedding, as GPT-2's is")
         reference = transformer.wte.weight
         model = cls(config).to(device=reference.device, dtype=reference.dtype)
         with torch.no_grad():
             model.wte.weight.copy_(transformer.wte.weight)
+            if model.head_weight is not None:
+                model.head_weight.copy_(hf_model.lm_head.weight)
             model.wpe.weight.copy_(transformer.wpe.weight)
             model.ln_f.load_state_dict(transformer.ln_f.state_dict())
             for block, hf_block in zip(model.blocks, transformer.h, strict=True):

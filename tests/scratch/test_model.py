@@ -57,8 +57,45 @@ def test_left_padded_batch_matches_each_prompt_alone(tiny):
     assert torch.allclose(batch[0, pad:], alone[0], atol=1e-5)
 
 
-def test_refuses_an_untied_head(tiny_model_dir):
+def test_an_untied_head_keeps_its_own_weights(tiny_model_dir):
     hf = GPT2LMHeadModel.from_pretrained(tiny_model_dir)
-    hf.lm_head.weight = torch.nn.Parameter(hf.lm_head.weight.detach().clone() + 1)
-    with pytest.raises(ValueError, match="not tied"):
+    hf.lm_head.weight = torch.nn.Parameter(hf.lm_head.weight.detach().clone() + 0.01)
+    scratch = ScratchGPT2.from_hf(hf)
+    input_ids = torch.tensor([[15496, 995, 0]])
+    with torch.inference_mode():
+        assert torch.allclose(scratch(input_ids), hf(input_ids).logits, atol=1e-4)
+
+
+# GPT-2 config options Hugging Face implements; the from-scratch model must match each.
+CONFIG_OPTIONS = [
+    {"n_inner": 96},
+    {"activation_function": "gelu"},
+    {"activation_function": "relu"},
+    {"activation_function": "silu"},
+    {"activation_function": "gelu_fast"},
+    {"activation_function": "quick_gelu"},
+    {"tie_word_embeddings": False},
+    {"scale_attn_by_inverse_layer_idx": True},
+    {"scale_attn_weights": False},
+    {"reorder_and_upcast_attn": True},
+]
+
+
+@pytest.mark.parametrize("options", CONFIG_OPTIONS, ids=lambda options: "-".join(map(str, options.items())))
+def test_every_gpt2_option_verifies(tmp_path, options):
+    from gencli.loading import load_model
+    from gencli.scratch.verify import verify
+    from tests.conftest import save_tiny_model
+
+    loaded = load_model(str(save_tiny_model(tmp_path / "m", n_layer=1, **options)), device="cpu")
+    report = verify(loaded, ["Hello world! The meaning of life is"])
+    assert report.passed, [check for check in report.checks if not check.passed]
+
+
+def test_an_activation_it_does_not_cover_is_one_line(tiny_model_dir):
+    from gencli.errors import GencliError
+
+    hf = GPT2LMHeadModel.from_pretrained(tiny_model_dir)
+    hf.config.activation_function = "mish"
+    with pytest.raises(GencliError, match="the from-scratch GPT-2 has no 'mish' activation"):
         ScratchGPT2.from_hf(hf)
