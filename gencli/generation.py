@@ -28,6 +28,7 @@ from gencli.errors import GencliError
 from gencli.loading import LoadedModel
 from gencli.prefix import CachedPrefix, reusable_length
 from gencli.results import FinishReason, GenerationResult, Timings
+from gencli.sampling import token_logprobs
 from gencli.settings import DecodingOptions, check_prompt
 
 CacheInspection = Literal["ends", "steps"]
@@ -202,6 +203,7 @@ def generate_text(
     on_notice: Callable[[str], None] | None = None,
     prefix: CachedPrefix | None = None,
     cancelled: Callable[[], bool] | None = None,
+    top_logprobs: int | None = None,
 ) -> GenerationResult:
     """Continue `prompt` (text or token ids) with the given mode; stream text to `on_text`.
 
@@ -209,7 +211,8 @@ def generate_text(
     it, and it holds this run's tokens afterwards. Without one, a fresh cache is made.
     With `prompt_cache`, reuse and update a prompt cache file; `on_notice` hears why a file
     was refused, or could not be written. `cancelled()`, asked after every token, ends the run
-    (finish reason "interrupted") when it turns true: a server's client went away, say."""
+    (finish reason "interrupted") when it turns true: a server's client went away, say.
+    `top_logprobs`: record each new token's log-probability and the N most likely alternatives."""
     engine = loaded.engine(mode)
     prompt_ids = encode_prompt(loaded, prompt, options.max_new_tokens)
     input_ids = torch.tensor([prompt_ids], device=loaded.device)
@@ -240,6 +243,20 @@ def generate_text(
     if seed is not None:
         torch.manual_seed(seed)
 
+    logprobs: list[dict[str, Any]] | None = None if top_logprobs is None else []
+
+    def on_scores(scores: torch.Tensor, token: int) -> None:
+        chosen, top = token_logprobs(scores, token, top_logprobs)
+        piece = loaded.tokenizer.decode
+        logprobs.append(
+            {
+                "token": token,
+                "text": piece([token]),
+                "logprob": chosen,
+                "top": [{"token": other, "text": piece([other]), "logprob": value} for other, value in top],
+            }
+        )
+
     text_streamer = _TextCallbackStreamer(loaded.tokenizer, on_text) if on_text else None
     timer = _PrefillTimer(engine.forward_module)
     streamer = _RecordingStreamer(time.perf_counter(), text_streamer, on_new_token)
@@ -251,6 +268,7 @@ def generate_text(
         stopping=stopping,
         streamer=streamer,
         cache=cache,
+        on_scores=on_scores if logprobs is not None else None,
     )
 
     def result(reason: FinishReason | None) -> GenerationResult:
@@ -286,6 +304,7 @@ def generate_text(
             dtype=str(loaded.dtype).removeprefix("torch."),
             cache_snapshots=snapshots,
             prompt_cache_tokens=reused,
+            logprobs=None if logprobs is None else logprobs[: len(new_ids)],
         )
 
     try:

@@ -214,6 +214,27 @@ def print_turn_stats(turn: ChatTurn, console: Console) -> None:
     )
 
 
+def print_logprobs(logprobs: list[dict[str, Any]], console: Console) -> None:
+    """One row per new token: the token, its probability, and the alternatives with theirs."""
+    import math
+
+    table = Table(title="Next-token probabilities (after the logits processors)", title_justify="left")
+    for column in ("#", "token", "p", "most likely instead"):
+        table.add_column(column, justify="right" if column in ("#", "p") else "left", overflow="fold")
+    for index, step in enumerate(logprobs):
+        others = ", ".join(
+            f"{_token_label(alternative['text'], 12)} {math.exp(alternative['logprob']):.2f}"
+            for alternative in step["top"]
+        )
+        table.add_row(
+            str(index),
+            escape(_token_label(step["text"], 16)),
+            f"{math.exp(step['logprob']):.3f}",
+            escape(others),
+        )
+    console.print(table)
+
+
 _TOKEN_STYLES = ("black on cyan", "black on yellow")
 
 

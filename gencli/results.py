@@ -62,6 +62,9 @@ class GenerationResult:
     dtype: str
     cache_snapshots: list[CacheSnapshot] | None = None
     prompt_cache_tokens: int = 0  # prompt positions restored from a prompt cache, not prefilled
+    # With top_logprobs: per new token {"token", "text", "logprob", "top": [{"token", "text", "logprob"}]},
+    # log-probabilities under the processed scores the token was chosen from.
+    logprobs: list[dict[str, Any]] | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GenerationResult:
@@ -80,6 +83,7 @@ class GenerationResult:
             dtype=data["dtype"],
             cache_snapshots=None if snapshots is None else [CacheSnapshot.from_dict(s) for s in snapshots],
             prompt_cache_tokens=data.get("prompt_cache_tokens", 0),
+            logprobs=data.get("logprobs"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,6 +101,8 @@ class GenerationResult:
             "dtype": self.dtype,
             "prompt_cache_tokens": self.prompt_cache_tokens,
         }
+        if self.logprobs is not None:
+            result["logprobs"] = self.logprobs
         if self.cache_snapshots is not None:
             final = self.cache_snapshots[-1] if self.cache_snapshots else None
             result["cache"] = [layer.to_dict() for layer in final.layers] if final else []

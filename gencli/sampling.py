@@ -106,3 +106,15 @@ def select_next_token(scores: torch.Tensor, sample: bool) -> torch.Tensor:
         probs = torch.nn.functional.softmax(scores, dim=-1)
         return torch.multinomial(probs, num_samples=1).squeeze(1)
     return torch.argmax(scores, dim=-1)
+
+
+def token_logprobs(scores: torch.Tensor, token: int, count: int) -> tuple[float, list[tuple[int, float]]]:
+    """The chosen token's log-probability under the processed scores ([vocab], what the choice was
+    made from), and the `count` most likely tokens with theirs; tokens a processor ruled out
+    (-inf) are not listed."""
+    logprobs = torch.log_softmax(scores.float(), dim=-1)
+    values, ids = logprobs.topk(min(count, logprobs.numel()))
+    top = [
+        (int(i), float(v)) for v, i in zip(values.tolist(), ids.tolist(), strict=True) if v != float("-inf")
+    ]
+    return float(logprobs[token]), top

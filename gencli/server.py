@@ -82,14 +82,24 @@ def cache_entry_bytes(loaded: LoadedModel) -> int:
     return 2 * config.n_layer * config.n_embd * loaded.context_length * loaded.model.dtype.itemsize
 
 
-@dataclass
-class Job:
-    """One request's generation, handed from the event loop to the worker thread."""
+@dataclass(frozen=True)
+class ParsedRequest:
+    """A request's generation, checked: what the worker runs."""
 
     prompt: str | list[int]
     mode: str
     options: DecodingOptions
-    inspect_cache: str | None
+    stream: bool = False
+    inspect_cache: str | None = None
+    top_logprobs: int | None = None
+    include_usage: bool = False  # OpenAI's stream_options.include_usage
+
+
+@dataclass
+class Job:
+    """One request's generation, handed from the event loop to the worker thread."""
+
+    request: ParsedRequest
     loop: asyncio.AbstractEventLoop
     chunks: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
     done: asyncio.Future[GenerationResult] | None = None
@@ -168,18 +178,20 @@ class Worker:
                 continue
             prefix = None
             try:
-                prompt_ids = encode_prompt(self.loaded, job.prompt, job.options.max_new_tokens)
-                pool = self._pool(job.mode)
+                request = job.request
+                prompt_ids = encode_prompt(self.loaded, request.prompt, request.options.max_new_tokens)
+                pool = self._pool(request.mode)
                 prefix = pool.take(prompt_ids) if pool is not None else None
                 result = generate_text(
                     self.loaded,
-                    job.prompt,
-                    job.mode,
-                    job.options,
+                    request.prompt,
+                    request.mode,
+                    request.options,
                     on_text=job.send,
-                    inspect_cache=job.inspect_cache,
+                    inspect_cache=request.inspect_cache,
                     prefix=prefix,
                     cancelled=job.cancelled.is_set,
+                    top_logprobs=request.top_logprobs,
                 )
             except GencliError as problem:
                 job.finish(None, ApiError(400, str(problem)))
@@ -200,12 +212,11 @@ _OPENAI_TO_GENCLI = {
     "seed": "seed",
 }
 _GENCLI_TO_OPENAI = {value: key for key, value in _OPENAI_TO_GENCLI.items()}
-_OPENAI_ACCEPTED = {"model", "prompt", "stream", "stream_options", "user", *_OPENAI_TO_GENCLI}
+_OPENAI_ACCEPTED = {"model", "prompt", "stream", "stream_options", "user", "logprobs", *_OPENAI_TO_GENCLI}
 # Fields gencli cannot honour, with the value that asks for nothing and why it is refused otherwise.
 _OPENAI_REFUSED = {
     "n": (1, "gencli returns one completion per request"),
     "best_of": (1, "gencli returns one completion per request"),
-    "logprobs": (None, "log-probabilities are not implemented"),
     "echo": (False, "echoing the prompt is not implemented"),
     "presence_penalty": (0, "use gencli's repetition_penalty through /v1/generate"),
     "frequency_penalty": (0, "use gencli's repetition_penalty through /v1/generate"),
@@ -250,11 +261,16 @@ def _prompt(body: dict[str, Any], vocab_size: int) -> str | list[int]:
     )
 
 
-def completion_request(
-    body: Any, defaults: DecodingOptions, vocab_size: int
-) -> tuple[str | list[int], DecodingOptions, bool, bool]:
-    """An OpenAI completion request as (prompt, options, stream, include usage in the stream).
-    Fields left out take the server's settings."""
+def _top_logprobs(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 20:
+        raise ApiError(400, f"'{name}' must be an integer from 0 to 20", param=name)
+    return value
+
+
+def completion_request(body: Any, defaults: Settings, vocab_size: int) -> ParsedRequest:
+    """An OpenAI completion request; fields left out take the server's settings."""
     body = _check_fields(body, _OPENAI_ACCEPTED | set(_OPENAI_REFUSED))
     for name, (neutral, why) in _OPENAI_REFUSED.items():
         if body.get(name) not in (None, neutral):
@@ -262,33 +278,56 @@ def completion_request(
     values = {_OPENAI_TO_GENCLI[key]: body[key] for key in _OPENAI_TO_GENCLI if body.get(key) is not None}
     if "temperature" in values:  # OpenAI samples at any temperature above 0
         values["sample"] = values["temperature"] != 0
-    options = defaults.model_copy(update=_checked(values, lambda key: _GENCLI_TO_OPENAI.get(key, key)))
+    options = defaults.decoding.model_copy(
+        update=_checked(values, lambda key: _GENCLI_TO_OPENAI.get(key, key))
+    )
     stream_options = body.get("stream_options") or {}
-    include_usage = bool(isinstance(stream_options, dict) and stream_options.get("include_usage"))
-    return _prompt(body, vocab_size), options, bool(body.get("stream")), include_usage
+    logprobs = _top_logprobs(body.get("logprobs"), "logprobs")
+    if logprobs is not None and body.get("stream"):
+        raise ApiError(400, "'logprobs' with 'stream' is not supported: ask without stream", param="logprobs")
+    return ParsedRequest(
+        _prompt(body, vocab_size),
+        defaults.mode,
+        options,
+        stream=bool(body.get("stream")),
+        top_logprobs=logprobs,
+        include_usage=bool(isinstance(stream_options, dict) and stream_options.get("include_usage")),
+    )
 
 
-GENERATE_FIELDS = {"prompt", "stream", "inspect_cache", "mode", *DECODING_KEYS}
+GENERATE_FIELDS = {"prompt", "stream", "inspect_cache", "top_logprobs", "mode", *DECODING_KEYS}
 
 
-def generate_request(
-    body: Any, defaults: Settings, vocab_size: int
-) -> tuple[str | list[int], str, DecodingOptions, str | None, bool]:
-    """A /v1/generate request, gencli's own settings keys: (prompt, mode, options, inspection, stream)."""
+def generate_request(body: Any, defaults: Settings, vocab_size: int) -> ParsedRequest:
+    """A /v1/generate request: gencli's own settings keys, plus inspect_cache and top_logprobs."""
     body = _check_fields(body, GENERATE_FIELDS)
     values = _checked({key: body[key] for key in body if key in DECODING_KEYS or key == "mode"})
     mode = values.pop("mode", defaults.mode)
     inspect = body.get("inspect_cache")
     if inspect not in (None, False, True, "ends", "steps"):
         raise ApiError(400, "'inspect_cache' must be true, false, 'ends' or 'steps'", param="inspect_cache")
-    inspection = "ends" if inspect is True else inspect or None
-    return (
+    return ParsedRequest(
         _prompt(body, vocab_size),
         mode,
         defaults.decoding.model_copy(update=values),
-        inspection,
-        bool(body.get("stream")),
+        stream=bool(body.get("stream")),
+        inspect_cache="ends" if inspect is True else inspect or None,
+        top_logprobs=_top_logprobs(body.get("top_logprobs"), "top_logprobs"),
     )
+
+
+def openai_logprobs(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """gencli's per-token log-probabilities in the completions API's shape."""
+    offsets, offset = [], 0
+    for step in steps:
+        offsets.append(offset)
+        offset += len(step["text"])
+    return {
+        "tokens": [step["text"] for step in steps],
+        "token_logprobs": [step["logprob"] for step in steps],
+        "top_logprobs": [{other["text"]: other["logprob"] for other in step["top"]} for step in steps],
+        "text_offset": offsets,
+    }
 
 
 def _sse(data: Any) -> str:
@@ -345,7 +384,7 @@ def create_app(
     ) -> Response | GenerationResult:
         """Queue the job; its result, or a streaming response of `stream(job)`'s events."""
         try:  # refused before it is queued: a streaming client gets its 400 too
-            encode_prompt(loaded, job.prompt, job.options.max_new_tokens)
+            encode_prompt(loaded, job.request.prompt, job.request.options.max_new_tokens)
         except GencliError as problem:
             raise ApiError(400, str(problem), param="prompt") from None
         worker.submit(job)
@@ -393,10 +432,8 @@ def create_app(
                 param="model",
                 code="model_not_found",
             )
-        prompt, options, stream_wanted, include_usage = completion_request(
-            body, settings.decoding, vocab_size
-        )
-        job = Job(prompt, settings.mode, options, None, asyncio.get_running_loop())
+        parsed = completion_request(body, settings, vocab_size)
+        job = Job(parsed, asyncio.get_running_loop())
         identity = {
             "id": f"cmpl-{uuid.uuid4().hex}",
             "object": "text_completion",
@@ -413,8 +450,9 @@ def create_app(
                 "prompt_tokens_details": {"cached_tokens": result.prompt_cache_tokens},
             }
 
-        def choice(text: str, finish: str | None) -> dict[str, Any]:
-            return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        def choice(text: str, finish: str | None, result: GenerationResult | None = None) -> dict[str, Any]:
+            logprobs = None if result is None or result.logprobs is None else openai_logprobs(result.logprobs)
+            return {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}
 
         async def stream(job: Job) -> AsyncIterator[str]:
             while (text := await job.chunks.get()) is not None:
@@ -425,27 +463,25 @@ def create_app(
                 yield _sse({"error": {"message": problem.message, "type": "server_error"}})
                 return
             yield _sse({**identity, "choices": [choice("", FINISH_REASONS[result.finish_reason])]})
-            if include_usage:
+            if parsed.include_usage:
                 yield _sse({**identity, "choices": [], "usage": usage(result)})
             yield "data: [DONE]\n\n"
 
-        outcome = await run(job, request, stream if stream_wanted else None)
+        outcome = await run(job, request, stream if parsed.stream else None)
         if isinstance(outcome, Response):
             return outcome
         return JSONResponse(
             {
                 **identity,
-                "choices": [choice(outcome.text, FINISH_REASONS[outcome.finish_reason])],
+                "choices": [choice(outcome.text, FINISH_REASONS[outcome.finish_reason], outcome)],
                 "usage": usage(outcome),
             }
         )
 
     async def generate(request: Request) -> Response:
         authorize(request)
-        prompt, mode, options, inspection, stream_wanted = generate_request(
-            await read_json(request), settings, vocab_size
-        )
-        job = Job(prompt, mode, options, inspection, asyncio.get_running_loop())
+        parsed = generate_request(await read_json(request), settings, vocab_size)
+        job = Job(parsed, asyncio.get_running_loop())
 
         async def stream(job: Job) -> AsyncIterator[str]:
             while (text := await job.chunks.get()) is not None:
@@ -458,7 +494,7 @@ def create_app(
             yield _sse({"result": result.to_dict()})
             yield "data: [DONE]\n\n"
 
-        outcome = await run(job, request, stream if stream_wanted else None)
+        outcome = await run(job, request, stream if parsed.stream else None)
         return outcome if isinstance(outcome, Response) else JSONResponse(outcome.to_dict())
 
     @contextlib.asynccontextmanager

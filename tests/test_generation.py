@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from gencli.errors import GencliError
 from gencli.generation import ContextOverflowError, GenerationInterrupted, generate_text
@@ -63,3 +64,41 @@ def test_interruption_keeps_what_was_generated(tiny, mode):
     assert full.token_ids[: len(partial.token_ids)] == partial.token_ids
     # whatever was held back waiting for a word boundary was flushed on interruption
     assert "".join(pieces) == partial.text
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        DecodingOptions(max_new_tokens=6),
+        DecodingOptions(max_new_tokens=6, sample=True, seed=4, top_k=30, repetition_penalty=1.2),
+    ],
+    ids=["greedy", "sampled"],
+)
+def test_top_logprobs_agree_across_modes_and_change_no_token(tiny, options):
+    from gencli.settings import MODES
+
+    results = {mode: generate_text(tiny, "Hello world", mode, options, top_logprobs=3) for mode in MODES}
+    reference = results["generate"]
+    assert reference.token_ids == generate_text(tiny, "Hello world", "generate", options).token_ids
+    for result in results.values():
+        assert result.token_ids == reference.token_ids
+        for ours, theirs in zip(result.logprobs, reference.logprobs, strict=True):
+            assert ours["token"] == theirs["token"] and ours["logprob"] == pytest.approx(
+                theirs["logprob"], abs=1e-4
+            )
+            assert [t["token"] for t in ours["top"]] == [t["token"] for t in theirs["top"]] and len(
+                ours["top"]
+            ) == 3
+    # the chosen token's log-probability is the log-softmax of what it was chosen from
+    assert all(step["logprob"] <= 0 for step in reference.logprobs)
+
+
+def test_plain_greedy_logprobs_are_the_models_own(tiny):
+    result = generate_text(tiny, "Hello world", "kv-cache", DecodingOptions(max_new_tokens=3), top_logprobs=1)
+    sequence = result.prompt_token_ids + result.token_ids
+    with torch.inference_mode():
+        logits = tiny.model(torch.tensor([sequence])).logits[0].float()
+    for step, token in enumerate(result.token_ids):
+        expected = torch.log_softmax(logits[len(result.prompt_token_ids) - 1 + step], dim=-1)[token]
+        assert result.logprobs[step]["logprob"] == pytest.approx(float(expected), abs=1e-4)
+        assert result.logprobs[step]["top"][0]["token"] == token  # greedy: the top one was chosen

@@ -92,7 +92,13 @@ def test_gencli_endpoint_returns_the_generate_json_record(tiny, served):
         ("/v1/completions", {"model": "gpt-4", "prompt": "Hi"}, 404, "this server runs"),
         ("/v1/completions", {"prompt": "Hi", "n": 2}, 400, "'n' = 2 is not supported"),
         ("/v1/completions", {"prompt": "Hi", "best_of": 3}, 400, "'best_of'"),
-        ("/v1/completions", {"prompt": "Hi", "logprobs": 2}, 400, "'logprobs'"),
+        ("/v1/completions", {"prompt": "Hi", "logprobs": 2, "stream": True}, 400, "'logprobs' with 'stream'"),
+        (
+            "/v1/completions",
+            {"prompt": "Hi", "logprobs": 99},
+            400,
+            "'logprobs' must be an integer from 0 to 20",
+        ),
         ("/v1/completions", {"prompt": "Hi", "colour": "red"}, 400, "unknown field(s): colour"),
         ("/v1/completions", {"prompt": "Hi", "top_p": 2}, 400, "'top_p' must be a number in (0, 1]"),
         ("/v1/completions", {"prompt": "Hi", "max_tokens": 5000}, 400, "exceeds the model's context"),
@@ -294,3 +300,19 @@ def test_a_refused_request_is_the_servers_message(served):
     assert result.exit_code == 2
     assert result.stderr.startswith("gencli: error: the server refused the request: ")
     assert "exceeds the model's context" in result.stderr
+
+
+def test_completion_logprobs_match_local_generate(tiny, client):
+    completion = client.completions.create(model=tiny.name, prompt="Hello world", max_tokens=5, logprobs=2)
+    expected = generate_text(
+        tiny,
+        "Hello world",
+        "kv-cache",
+        SERVER_DEFAULTS.model_copy(update={"max_new_tokens": 5}),
+        top_logprobs=2,
+    )
+    logprobs = completion.choices[0].logprobs
+    assert logprobs.token_logprobs == pytest.approx([step["logprob"] for step in expected.logprobs], abs=1e-4)
+    assert logprobs.tokens == [step["text"] for step in expected.logprobs]
+    assert all(len(top) <= 2 for top in logprobs.top_logprobs)
+    assert logprobs.text_offset[0] == 0

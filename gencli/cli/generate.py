@@ -63,6 +63,17 @@ def generate(
     prompt_cache_ro: Annotated[
         bool, typer.Option("--prompt-cache-ro", help="Read the --prompt-cache file but never write it.")
     ] = False,
+    top_logprobs: Annotated[
+        int | None,
+        typer.Option(
+            help="Each new token's log-probability and the N most likely alternatives, under the "
+            "processed scores it was chosen from (in --json, or a table on stderr).",
+            min=1,
+            max=20,
+            metavar="N",
+            show_default=False,
+        ),
+    ] = None,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
     server: Annotated[
@@ -97,7 +108,7 @@ def generate(
     if server:
         if prompt_cache is not None:
             raise GencliError("--prompt-cache is for local runs; a server keeps its own prefix caches")
-        generate_remote(server, api_key, layers, text, inspection, as_json, quiet)
+        generate_remote(server, api_key, layers, text, inspection, top_logprobs, as_json, quiet)
         return
 
     with startup_status("starting") as step:
@@ -111,7 +122,15 @@ def generate(
     exit_code = 0
     try:
         result = generate_text(
-            loaded, text, settings.mode, settings.decoding, writer, inspection, cache_file, notice
+            loaded,
+            text,
+            settings.mode,
+            settings.decoding,
+            writer,
+            inspection,
+            cache_file,
+            notice,
+            top_logprobs=top_logprobs,
         )
     except GenerationInterrupted as interrupted:
         result, exit_code = interrupted.result, EXIT_INTERRUPTED
@@ -146,6 +165,8 @@ def report(
             inspection == "steps",
             console,
         )
+    if result.logprobs is not None and not as_json and not quiet:
+        render.print_logprobs(result.logprobs, console)
     if not quiet:
         render.print_stats(result, console)
     if log:
@@ -158,6 +179,7 @@ def generate_remote(
     layers: list[Layer],
     text: str,
     inspection: str | None,
+    top_logprobs: int | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -176,6 +198,8 @@ def generate_remote(
         if (key in DECODING_KEYS or key == "mode") and resolved.origins[key] != "default"
     }
     payload.update(prompt=text, inspect_cache=inspection or False)
+    if top_logprobs is not None:
+        payload["top_logprobs"] = top_logprobs
     writer = None if as_json else render.TextWriter()
     try:
         record = post(server, payload, api_key, writer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -28,6 +29,8 @@ class DecodeRequest:
     streamer: BaseStreamer
     # The mode's KV cache; it may already hold a prefix of the prompt, which is then not run again.
     cache: Any
+    # Hears every step's processed scores ([vocab]) and the token chosen from them, when asked.
+    on_scores: Callable[[torch.Tensor, int], None] | None = None
 
 
 class Engine(ABC):
@@ -98,6 +101,8 @@ def decode_n_tokens(engine: StepEngine, request: DecodeRequest, logits: torch.Te
         # Same dtype and processor inputs as `generate`, so sampling sees identical scores.
         scores = processors(sequence, logits.to(dtype=torch.float32))
         next_token = select_next_token(scores, request.options.samples)
+        if request.on_scores is not None:
+            request.on_scores(scores[0], int(next_token[0]))
         sequence = torch.cat([sequence, next_token[:, None]], dim=-1)
         request.streamer.put(next_token.cpu())
         if request.stopping(sequence, scores).any():

@@ -32,8 +32,9 @@ class HFGenerateEngine(Engine):
             self.model.generation_config = checkpoint_config
 
     def _generate(self, request: DecodeRequest) -> None:
+        wants_scores = request.on_scores is not None
         with torch.inference_mode():
-            self.model.generate(
+            output = self.model.generate(
                 request.input_ids,
                 attention_mask=torch.ones_like(request.input_ids),
                 past_key_values=request.cache,
@@ -43,5 +44,12 @@ class HFGenerateEngine(Engine):
                 # None (with --ignore-eos) overrides the checkpoint's own EOS, so generate goes on too.
                 eos_token_id=request.eos_token_id,
                 pad_token_id=request.tokenizer.eos_token_id,
+                # generate keeps each step's processed scores, the ones it chose from, when asked.
+                output_scores=wants_scores,
+                return_dict_in_generate=wants_scores,
                 **generate_kwargs(request.options),
             )
+        if wants_scores:
+            start = request.input_ids.shape[1]
+            for step, scores in enumerate(output.scores):
+                request.on_scores(scores[0], int(output.sequences[0, start + step]))

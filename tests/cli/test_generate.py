@@ -331,3 +331,16 @@ def test_sigterm_is_handled_like_ctrl_c(tiny_model_dir):
     assert process.returncode == 130, stderr
     assert len(first_bytes) == 8 and (first_bytes + rest).endswith(b"\n")
     assert b"Traceback" not in stderr and b"(interrupted)" in stderr
+
+
+def test_top_logprobs_in_json_and_as_a_table(tiny_model_dir):
+    data = json.loads(
+        gencli("Hello world", "--model", tiny_model_dir, "-n", 3, "--top-logprobs", 2, "--json", "-q").stdout
+    )
+    assert len(data["logprobs"]) == 3 and all(len(step["top"]) == 2 for step in data["logprobs"])
+    assert {"token", "text", "logprob", "top"} == set(data["logprobs"][0])
+    table = gencli("Hello world", "--model", tiny_model_dir, "-n", 3, "--top-logprobs", 2)
+    assert table.exit_code == 0 and "Next-token probabilities" in table.stderr
+    assert "logprobs" not in json.loads(
+        gencli("Hi", "--model", tiny_model_dir, "-n", 2, "--json", "-q").stdout
+    )
