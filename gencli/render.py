@@ -219,7 +219,7 @@ def print_logprobs(logprobs: list[dict[str, Any]], console: Console) -> None:
     import math
 
     table = Table(title="Next-token probabilities (after the logits processors)", title_justify="left")
-    for column in ("#", "token", "p", "most likely instead"):
+    for column in ("#", "token", "p", "most likely"):
         table.add_column(column, justify="right" if column in ("#", "p") else "left", overflow="fold")
     for index, step in enumerate(logprobs):
         others = ", ".join(
