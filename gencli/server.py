@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
+import dataclasses
 import hmac
 import json
 import threading
@@ -345,6 +347,9 @@ def create_app(
 ) -> Starlette:
     worker = Worker(loaded, max_queue, prefix_cache_bytes)
     vocab_size = loaded.model.config.vocab_size
+    # The worker thread owns the tokenizer; the event loop checks prompts with a copy of its own,
+    # because a fast tokenizer may not be used from two threads at once.
+    prompt_checker = dataclasses.replace(loaded, tokenizer=copy.deepcopy(loaded.tokenizer))
 
     def authorize(request: Request) -> None:
         if api_key is None:
@@ -384,7 +389,7 @@ def create_app(
     ) -> Response | GenerationResult:
         """Queue the job; its result, or a streaming response of `stream(job)`'s events."""
         try:  # refused before it is queued: a streaming client gets its 400 too
-            encode_prompt(loaded, job.request.prompt, job.request.options.max_new_tokens)
+            encode_prompt(prompt_checker, job.request.prompt, job.request.options.max_new_tokens)
         except GencliError as problem:
             raise ApiError(400, str(problem), param="prompt") from None
         worker.submit(job)
