@@ -204,6 +204,7 @@ def generate_text(
     prefix: CachedPrefix | None = None,
     cancelled: Callable[[], bool] | None = None,
     top_logprobs: int | None = None,
+    on_logprob: Callable[[dict[str, Any]], None] | None = None,
 ) -> GenerationResult:
     """Continue `prompt` (text or token ids) with the given mode; stream text to `on_text`.
 
@@ -212,7 +213,9 @@ def generate_text(
     With `prompt_cache`, reuse and update a prompt cache file; `on_notice` hears why a file
     was refused, or could not be written. `cancelled()`, asked after every token, ends the run
     (finish reason "interrupted") when it turns true: a server's client went away, say.
-    `top_logprobs`: record each new token's log-probability and the N most likely alternatives."""
+    `top_logprobs`: record each new token's log-probability and the N most likely alternatives;
+    `on_logprob` hears each record as it is made (in generate mode, after the run: Hugging Face
+    hands its scores over at the end)."""
     engine = loaded.engine(mode)
     prompt_ids = encode_prompt(loaded, prompt, options.max_new_tokens)
     input_ids = torch.tensor([prompt_ids], device=loaded.device)
@@ -248,14 +251,15 @@ def generate_text(
     def on_scores(scores: torch.Tensor, token: int) -> None:
         chosen, top = token_logprobs(scores, token, top_logprobs)
         piece = loaded.tokenizer.decode
-        logprobs.append(
-            {
-                "token": token,
-                "text": piece([token]),
-                "logprob": chosen,
-                "top": [{"token": other, "text": piece([other]), "logprob": value} for other, value in top],
-            }
-        )
+        record = {
+            "token": token,
+            "text": piece([token]),
+            "logprob": chosen,
+            "top": [{"token": other, "text": piece([other]), "logprob": value} for other, value in top],
+        }
+        logprobs.append(record)
+        if on_logprob is not None:
+            on_logprob(record)
 
     text_streamer = _TextCallbackStreamer(loaded.tokenizer, on_text) if on_text else None
     timer = _PrefillTimer(engine.forward_module)

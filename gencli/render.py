@@ -94,6 +94,40 @@ class HeldBackWriter(TextWriter):
         super().finish()
 
 
+class ProbabilityWriter(TextWriter):
+    """Writes each new token coloured by its probability (green likely ... red unlikely). A token
+    may hold part of a character: bytes wait until the character is whole, and take the colour of
+    the token that completes it. Off a terminal, plain text."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        import codecs
+
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.console = Console(highlight=False)
+
+    def token(self, record: dict[str, Any]) -> None:
+        import math
+
+        from rich.text import Text
+
+        from gencli.tokens import token_bytes
+
+        text = self.decoder.decode(token_bytes(self.tokenizer, record["token"]))
+        if text:
+            self.console.print(Text(text, style=probability_style(math.exp(record["logprob"]))), end="")
+            self.console.file.flush()
+            self.last_char = text[-1]
+
+
+def probability_style(probability: float) -> str:
+    for floor, style in ((0.5, "green"), (0.2, "yellow"), (0.05, "dark_orange"), (0.0, "red")):
+        if probability >= floor:
+            return style
+    return "red"
+
+
 def json_line(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False) + "\n"
 

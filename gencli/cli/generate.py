@@ -74,6 +74,14 @@ def generate(
             show_default=False,
         ),
     ] = None,
+    show_probs: Annotated[
+        bool,
+        typer.Option(
+            "--show-probs",
+            help="Colour each new token by its probability as it streams (green likely, red unlikely) "
+            "and show the alternatives at the end; implies --top-logprobs 5.",
+        ),
+    ] = False,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
     server: Annotated[
@@ -105,6 +113,10 @@ def generate(
             f"--prompt-cache {prompt_cache} is not a regular file; gencli will not read or replace it"
         )
     inspection = "steps" if inspect_cache_steps else "ends" if inspect_cache else None
+    if show_probs and top_logprobs is None:
+        top_logprobs = 5
+    if show_probs and server:
+        raise GencliError("--show-probs is for local runs; with --server use --top-logprobs N")
     if server:
         if prompt_cache is not None:
             raise GencliError("--prompt-cache is for local runs; a server keeps its own prefix caches")
@@ -118,7 +130,10 @@ def generate(
 
     settings = resolved.settings
     cache_file = PromptCacheFile(prompt_cache, prompt_cache_ro) if prompt_cache else None
-    writer = None if as_json else render.TextWriter()
+    coloured = show_probs and not as_json
+    writer = (
+        None if as_json else render.ProbabilityWriter(loaded.tokenizer) if coloured else render.TextWriter()
+    )
     exit_code = 0
     try:
         result = generate_text(
@@ -126,11 +141,12 @@ def generate(
             text,
             settings.mode,
             settings.decoding,
-            writer,
+            None if coloured else writer,
             inspection,
             cache_file,
             notice,
             top_logprobs=top_logprobs,
+            on_logprob=writer.token if coloured else None,
         )
     except GenerationInterrupted as interrupted:
         result, exit_code = interrupted.result, EXIT_INTERRUPTED

@@ -344,3 +344,13 @@ def test_top_logprobs_in_json_and_as_a_table(tiny_model_dir):
     assert "logprobs" not in json.loads(
         gencli("Hi", "--model", tiny_model_dir, "-n", 2, "--json", "-q").stdout
     )
+
+
+def test_show_probs_off_a_terminal_prints_the_same_text(tiny_model_dir):
+    for mode in ("generate", "kv-cache"):
+        plain = gencli("Ça va? Hello", "--model", tiny_model_dir, "-n", 6, "--mode", mode, "-q")
+        shown = gencli("Ça va? Hello", "--model", tiny_model_dir, "-n", 6, "--mode", mode, "--show-probs")
+        assert shown.exit_code == 0 and shown.stdout == plain.stdout
+        assert "Next-token probabilities" in shown.stderr
+    refused = gencli("Hi", "--show-probs", "--server", "http://127.0.0.1:9")
+    assert_one_line_error(refused, "--show-probs is for local runs")

@@ -96,3 +96,20 @@ def test_sigterm_ends_a_chat_where_ctrl_c_would_not(tiny_model_dir, user_dirs):
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 130
+
+
+def test_show_probs_colours_each_token_on_a_terminal(tiny_model_dir, user_dirs):
+    arguments = ["-m", "gencli", "generate", "Hello world", "--model", str(tiny_model_dir), "-n", "6"]
+    child = pexpect.spawn(
+        sys.executable,
+        [*arguments, "--mode", "kv-cache", "--show-probs", "--no-log"],
+        env={"XDG_DATA_HOME": str(user_dirs / "user-data"), "PATH": "/usr/bin:/bin", "TERM": "xterm"},
+        encoding="utf-8",
+        timeout=60,
+        dimensions=(40, 200),
+    )
+    child.expect(r"\x1b\[(3[12]|33|38;5;208)m")  # green, red, yellow or orange
+    child.expect("Next-token probabilities")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
