@@ -70,7 +70,7 @@ _FILES_BESIDE_WEIGHTS = ["*.json", "*.txt", "*.model"]
 def download_model(model_id: str) -> Path:
     """Fetch a hub model into the local Hugging Face cache: config.json first, so another
     architecture is refused before any weights; progress bars on a terminal. Returns its folder."""
-    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     quiet_libraries()
@@ -81,8 +81,6 @@ def download_model(model_id: str) -> Path:
         weights = (
             ["*.safetensors"] if any(f.endswith(".safetensors") for f in files) else ["pytorch_model*.bin"]
         )
-        from huggingface_hub import snapshot_download
-
         return Path(snapshot_download(model_id, allow_patterns=_FILES_BESIDE_WEIGHTS + weights))
     except (HfHubHTTPError, LocalEntryNotFoundError, ValueError) as error:
         raise GencliError(

@@ -104,8 +104,8 @@ class Job:
     request: ParsedRequest
     loop: asyncio.AbstractEventLoop
     chunks: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
-    done: asyncio.Future[GenerationResult] | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    done: asyncio.Future[GenerationResult] = field(init=False)
 
     def __post_init__(self) -> None:
         self.done = self.loop.create_future()

@@ -138,9 +138,8 @@ class DecodingOptions(BaseModel):
     @classmethod
     def _token_ids(cls, value: Any) -> Any:
         if isinstance(value, str):  # from text: "13, 198"
-            value = [part for part in value.replace(",", " ").split()]
             try:
-                value = [int(part) for part in value]
+                value = [int(part) for part in value.replace(",", " ").split()]
             except ValueError:
                 raise ValueError("token ids must be integers") from None
         if isinstance(value, list | tuple):
@@ -243,7 +242,6 @@ def check_values(
 class Layer:
     """The values one source sets; `describe(key)` says where a value came from, as the user wrote it."""
 
-    source: str
     values: dict[str, Any]
     describe: Callable[[str], str] = field(repr=False)
 
@@ -338,7 +336,7 @@ def toml_layer(path: Path, source: str, describe: str | None = None) -> Layer:
     if unknown:
         raise UnknownSettingError(unknown, where)
     values = check_values(data, name=lambda key: f"{key!r} in {where}")
-    return Layer(source, values, lambda key: where)
+    return Layer(values, lambda key: where)
 
 
 def env_layer(environ: Mapping[str, str] | None = None) -> Layer:
@@ -359,7 +357,7 @@ def env_layer(environ: Mapping[str, str] | None = None) -> Layer:
     values = check_values(
         {names[name]: parse_text(value) for name, value in given.items()}, from_text=True, name=env_name
     )
-    return Layer("environment", values, env_name)
+    return Layer(values, env_name)
 
 
 def parse_text(value: str) -> Any:
@@ -420,7 +418,7 @@ def checkpoint_layer(model_folder: Path) -> tuple[Layer, tuple[str, ...]]:
     # HF writes null for options it resets; those set nothing.
     taken = {key: value for key, value in taken.items() if value is not None}
     values = check_values(taken, name=lambda key: f"{key!r} in {where}")
-    return Layer("checkpoint", values, lambda key: where), ignored
+    return Layer(values, lambda key: where), ignored
 
 
 def text_values(pairs: Iterable[tuple[str, str]], name: Callable[[str], str]) -> dict[str, Any]:

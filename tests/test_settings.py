@@ -53,7 +53,7 @@ def test_presets_ship_inside_the_package():
 
 def test_later_layers_win_and_origins_say_where_each_value_came_from(tmp_path):
     file = toml_layer(write(tmp_path, 'top_k = 7\ntemperature = 0.5\nstop = "END"\n'), "--config")
-    flags = Layer("flags", {"temperature": 0.3}, lambda key: "--" + key)
+    flags = Layer({"temperature": 0.3}, lambda key: "--" + key)
     resolved = resolve([file, flags])
     assert resolved.settings.temperature == 0.3 and resolved.origins["temperature"] == "--temperature"
     assert (
@@ -70,7 +70,7 @@ def test_checkpoint_options_sit_just_above_the_defaults(tmp_path):
     layer, ignored = checkpoint_layer(tmp_path)
     assert layer.values == {"sample": True, "top_k": 7, "temperature": 0.6}
     assert ignored == ("num_beams",)  # bookkeeping such as eos_token_id is not reported
-    user = Layer("user config", {"top_k": 3}, lambda key: "user")
+    user = Layer({"top_k": 3}, lambda key: "user")
     resolved = resolve([user], checkpoint_folder=tmp_path)
     assert resolved.settings.top_k == 3 and resolved.origins["top_k"] == "user"
     assert resolved.settings.temperature == 0.6

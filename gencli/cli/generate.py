@@ -228,7 +228,7 @@ def generate_remote(
     report(result, writer, inspection, as_json, quiet, resolved.settings.log, resolved.settings.decoding)
 
 
-def log_run(result: Any, decoding: dict[str, Any]) -> None:
+def log_run(result: GenerationResult, decoding: dict[str, Any]) -> None:
     """Append the run to the history; a history that cannot be written costs a notice, not the run."""
     from gencli import history
 

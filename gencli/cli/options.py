@@ -180,8 +180,8 @@ def command_line_layers(flags: dict[str, Any]) -> list[Layer]:
     for key in options.keys() & given.keys():
         raise GencliError(f"{flag_name(key)} and -o {key} both set {key!r}; give one of them")
     command_line = [
-        Layer("-o", options, lambda key: f"-o {key}"),
-        Layer("flags", check_values(given, name=flag_name), flag_name),
+        Layer(options, lambda key: f"-o {key}"),
+        Layer(check_values(given, name=flag_name), flag_name),
     ]
     return gather_layers(config=flags.get("config"), preset=flags.get("preset"), command_line=command_line)
 
