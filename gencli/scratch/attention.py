@@ -26,18 +26,28 @@ def scaled_dot_product_attention(
     `scale=None` uses 1/√d_k; a float is used as given (`scale=1.0`: unscaled scores).
     Returns (output [..., q, d_v], weights [..., q, k]).
     """
-    if scale is None:
-        scale = 1.0 / math.sqrt(query.size(-1))
-    # Scale first, then softmax: softmax of unscaled scores is a different (sharper) distribution.
-    scores = (query @ key.transpose(-2, -1)) * scale
-    if mask is not None:
-        # The dtype's lowest value rather than -inf: a fully masked row (a padding query) then
-        # gets uniform weights instead of NaNs, as in Hugging Face's masks.
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    weights = torch.softmax(scores, dim=-1)
+    weights = torch.softmax(apply_mask(attention_scores(query, key, scale), mask), dim=-1)
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p)
     return weights @ value, weights
+
+
+def attention_scores(query: torch.Tensor, key: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """Q Kᵀ times the scale, [..., q, k]. `scale=None` uses 1/√d_k.
+
+    Scale first, then softmax: softmax of unscaled scores is a different (sharper) distribution."""
+    if scale is None:
+        scale = 1.0 / math.sqrt(query.size(-1))
+    return (query @ key.transpose(-2, -1)) * scale
+
+
+def apply_mask(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Scores where the mask forbids attending become the dtype's lowest value rather than -inf: a
+    fully masked row (a padding query) then gets uniform weights instead of NaNs, as in Hugging
+    Face's masks."""
+    if mask is None:
+        return scores
+    return scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
 
 
 def causal_mask(query_length: int, key_length: int, device: torch.device | None = None) -> torch.Tensor:

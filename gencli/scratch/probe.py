@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gencli.errors import GencliError
+from gencli.errors import GencliError, check_index
 from gencli.loading import LoadedModel
 from gencli.scratch.attention import MultiHeadSelfAttention
 
@@ -25,6 +25,20 @@ def attention_inputs(
     return [block.ln_1(hidden) for block, hidden in zip(blocks, output.hidden_states, strict=False)]
 
 
+def prompt_ids(loaded: LoadedModel, prompt: str) -> list[int]:
+    """The prompt's token ids, refused when they do not fit the model's context (cutting them
+    would label the wrong tokens)."""
+    ids = loaded.tokenizer.encode(prompt, add_special_tokens=False)
+    if not ids:
+        raise GencliError("the prompt has no tokens; give some text")
+    if len(ids) > loaded.context_length:
+        raise GencliError(
+            f"the prompt is {len(ids)} tokens, more than the model's context of {loaded.context_length}; "
+            "shorten it"
+        )
+    return ids
+
+
 @dataclass
 class AttentionMap:
     tokens: list[str]  # one label per position
@@ -35,16 +49,9 @@ class AttentionMap:
 
 def attention_map(loaded: LoadedModel, prompt: str, layer: int, head: int) -> AttentionMap:
     config = loaded.model.config
-    if not 0 <= layer < config.n_layer:
-        raise GencliError(f"--layer must be between 0 and {config.n_layer - 1} for this model, got {layer}")
-    if not 0 <= head < config.n_head:
-        raise GencliError(f"--head must be between 0 and {config.n_head - 1} for this model, got {head}")
-    ids = loaded.tokenizer.encode(prompt, add_special_tokens=False)
-    if len(ids) > loaded.context_length:
-        raise GencliError(
-            f"the prompt is {len(ids)} tokens, more than the model's context of {loaded.context_length}; "
-            "shorten it"
-        )
+    layer = check_index("layer", layer, config.n_layer)
+    head = check_index("head", head, config.n_head)
+    ids = prompt_ids(loaded, prompt)
     input_ids = torch.tensor([ids], device=loaded.device)
     with torch.inference_mode():
         x = attention_inputs(loaded, input_ids)[layer]

@@ -56,11 +56,15 @@ def test_attention_truncates_long_prompts_to_the_terminal(tiny_model_dir):
 
 
 @pytest.mark.parametrize(
-    ("args", "message"), [(["-l", "2"], "--layer must be between 0 and 1"), (["-H", "4"], "--head")]
+    ("args", "message"),
+    [
+        (["-l", "2"], "there is no layer 2: this model has layers 0 to 1\n"),
+        (["-H", "4"], "there is no head 4: this model has heads 0 to 3\n"),
+    ],
 )
 def test_attention_bad_layer_or_head(tiny_model_dir, args, message):
     result = runner.invoke(app, ["attention", "Hi there", "--model", str(tiny_model_dir), *args])
-    assert result.exit_code == 2 and message in result.stderr
+    assert result.exit_code == 2 and result.stderr == "gencli: error: " + message
 
 
 def test_attention_png(tiny_model_dir, tmp_path):

@@ -1,0 +1,80 @@
+"""`gencli explain`: one attention head worked step by step on the model's real weights, or on the
+tutorials' 3-token example."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from gencli.cli.edge import load, startup_status
+from gencli.cli.options import (
+    MODEL,
+    SOURCES,
+    JsonOption,
+    PromptArgument,
+    PromptFileOption,
+    command_line_layers,
+    read_prompt,
+    with_options,
+)
+from gencli.errors import GencliError
+from gencli.settings import check_prompt, resolve
+
+
+@with_options(MODEL, SOURCES)
+def explain(
+    prompt: PromptArgument = None,
+    file: PromptFileOption = None,
+    layer: Annotated[
+        int, typer.Option("--layer", "-l", help="Layer, from 0; negative counts from the end.")
+    ] = 0,
+    head: Annotated[int, typer.Option("--head", "-H", help="Attention head, from 0.")] = 0,
+    position: Annotated[
+        int, typer.Option("--position", "-p", help="The query's token position, from 0; -1 is the last.")
+    ] = -1,
+    dims: Annotated[int, typer.Option("--dims", min=1, help="How many values of each vector to print.")] = 6,
+    worked_example: Annotated[
+        bool,
+        typer.Option(
+            "--worked-example",
+            help="Work the tutorials' 3-token example instead (x of 3 by 4, W_q, W_k, W_v of 4 by 3, "
+            "no scaling); no model is loaded.",
+        ),
+    ] = False,
+    as_json: JsonOption = False,
+    flags: dict[str, Any] | None = None,
+) -> None:
+    """Walk one attention head through softmax(q·Kᵀ/√d_k)·V for one token of PROMPT: the input row,
+    q, k and v, the scores, the causal mask, the softmax weights, the weighted sum, the output
+    projection, and what the KV cache holds. Every number comes from the from-scratch model and
+    the result is checked against Hugging Face's layer.
+
+    Example: gencli explain "The cat sat on the mat" --layer 2 --head 1
+    """
+    from gencli import render
+
+    if worked_example:
+        if prompt is not None or file is not None:
+            raise GencliError("--worked-example uses its own 3 tokens: leave out the prompt")
+        from gencli.scratch.explain import worked_example as work
+
+        example = work()
+        if as_json:
+            render.print_json(example.to_dict())
+        else:
+            render.print_worked_example(example, render.stdout_console())
+        return
+
+    settings = resolve(command_line_layers(flags)).settings.model_copy(update={"dtype": "float32"})
+    text = read_prompt(prompt, file)
+    check_prompt(text)
+    with startup_status("starting") as step:
+        loaded = load(settings, step)
+        from gencli.scratch.explain import explain as walk
+
+    explained = walk(loaded, text, layer, head, position)
+    if as_json:
+        render.print_json(explained.to_dict())
+    else:
+        render.print_explanation(explained, render.stdout_console(), dims)
