@@ -619,12 +619,14 @@ def save_bench_plot(report: BenchReport, path: str) -> None:
     _save(figure, pyplot, path, "--plot")
 
 
+def _say(console: Console, text: str = "") -> None:
+    """A line of plain text: no markup, no highlighting, not wrapped (tables of numbers)."""
+    console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+
 def _numbers(values: Any, digits: int = 4) -> str:
-    """Aligned columns; whole numbers (the worked example's inputs) without decimals."""
-    values = [float(value) for value in values]
-    if all(value.is_integer() for value in values):
-        return "  ".join(f"{value:>{digits + 4}.0f}" for value in values)
-    return "  ".join(f"{value:>{digits + 4}.{digits}f}" for value in values)
+    """Aligned columns with `digits` decimals."""
+    return "  ".join(f"{float(value):>8.{digits}f}" for value in values)
 
 
 def _vector(vector: Any, shown: int) -> str:
@@ -637,10 +639,12 @@ def _matrix(console: Console, title: str, matrix: Any, row_labels: list[str] | N
     rows = matrix.tolist()
     labels = row_labels or [""] * len(rows)
     width = max(map(len, labels))
-    console.print(f"{title}  {_shape((len(rows), len(rows[0])))}", highlight=False, markup=False)
+    # Whole-number tables (the worked example's inputs) without decimals.
+    digits = 0 if all(float(value).is_integer() for row in rows for value in row) else 4
+    _say(console, f"{title}  {_shape((len(rows), len(rows[0])))}")
     for label, row in zip(labels, rows, strict=True):
-        console.print(f"  {label:>{width}} {_numbers(row)}", highlight=False, markup=False)
-    console.print()
+        _say(console, f"  {label:>{width}} {_numbers(row, digits)}")
+    _say(console)
 
 
 def print_worked_example(example: WorkedExample, console: Console) -> None:
@@ -649,7 +653,7 @@ def print_worked_example(example: WorkedExample, console: Console) -> None:
     dims = [f"in {i}" for i in range(4)]
 
     def say(text: str = "") -> None:
-        console.print(text, highlight=False, markup=False, soft_wrap=True)
+        _say(console, text)
 
     say("Self-attention by hand: 3 tokens of 4 dimensions, d_k = 3, scores not scaled")
     say()
@@ -664,10 +668,7 @@ def print_worked_example(example: WorkedExample, console: Console) -> None:
     )
     _matrix(console, "weights = softmax of each row of the scores", example.weights, tokens)
     _matrix(console, "output = weights·V: each row a weighted sum of the values", example.output, tokens)
-    say(
-        "With GPT-2's causal mask, no token attends to a later one (masked scores count as -∞):",
-        soft_wrap=True,
-    )
+    say("With GPT-2's causal mask, no token attends to a later one (masked scores count as -∞):")
     say()
     _matrix(console, "weights, causal", example.causal_weights, tokens)
     _matrix(console, "output, causal", example.causal_output, tokens)
@@ -683,7 +684,7 @@ def print_explanation(explained: Explanation, console: Console, shown: int = 6) 
     start, end = head * head_dim, (head + 1) * head_dim
 
     def line(text: str = "") -> None:
-        say(text, highlight=False, markup=False, soft_wrap=True)
+        _say(console, text)
 
     line(
         f"Attention, step by step: model {explained.model}, layer {explained.layer}, head {head}, "

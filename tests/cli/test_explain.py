@@ -66,7 +66,7 @@ def test_explain_walks_one_head(tiny_model_dir):
         "4. The head's output",
     ):
         assert any(line.startswith(step) for line in lines), step
-    assert "        3 ·truth  masked: position 3 comes after the query" in lines
+    assert "      3 ·truth  masked: position 3 comes after the query" in lines
     assert "   keys and values of positions 0-1 come from the cache, [1, 4, 2, 16] each" in lines
     assert lines[-1].startswith(
         "check against Hugging Face's layer 1 attention at position 2: max abs error "
