@@ -1,4 +1,5 @@
-"""Batch generation from JSONL: many prompts, padded on the left and decoded together.
+"""Batch generation from JSONL: many prompts, padded on the left and decoded together by the
+engine of the chosen mode (`gencli.generation.generate_batch`).
 
 Each input line is a JSON object: `prompt`, an optional `id`, and optional generation options
 (the config keys: `max_new_tokens`, `sample`, `temperature`, ...). Results come out in input order,
@@ -14,14 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from transformers.cache_utils import DynamicCache
-
 from gencli.errors import GencliError
 from gencli.files import atomic_path
-from gencli.generation import build_stopping_criteria, encode_prompt, finish_reason, stopping_eos
+from gencli.generation import generate_batch
 from gencli.loading import LoadedModel
-from gencli.sampling import build_logits_processors, select_next_token
 from gencli.settings import DECODING_KEYS, DecodingOptions, UnknownSettingError, check_values
 
 
@@ -69,58 +66,33 @@ def error_record(line: int, item_id: str | None, message: str) -> dict[str, Any]
     return {"id": item_id, "line": line, "error": message}
 
 
-def decode_batch(loaded: LoadedModel, items: list[BatchItem]) -> list[dict[str, Any]]:
-    """Greedy or sampled decoding of prompts that share options, left-padded into one batch."""
-    options = items[0].options
-    prompts = [encode_prompt(loaded, item.prompt, options.max_new_tokens) for item in items]
-    width = max(map(len, prompts))
-    pad = loaded.tokenizer.eos_token_id
-    device = loaded.device
-    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
-    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-    padding = torch.tensor([width - len(p) for p in prompts], device=device)
-    eos = stopping_eos(loaded, options)
-    processors = build_logits_processors(options, width, eos, padding_lengths=padding, device=device)
-    stopping = build_stopping_criteria(loaded, width, options)
-    if options.seed is not None:
-        torch.manual_seed(options.seed)
+@dataclass(frozen=True)
+class BatchJob:
+    """How a batch job decodes: the same for every chunk, on this machine or on a Ray worker."""
 
-    cache = DynamicCache(config=loaded.model.config)
-    unfinished = torch.ones(len(items), dtype=torch.bool, device=device)
-    finished_at = [options.max_new_tokens] * len(items)
-    sequence, step_input = input_ids, input_ids
-    with torch.inference_mode():
-        for step in range(options.max_new_tokens):
-            positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -step_input.size(1) :]
-            logits = loaded.model(
-                step_input, attention_mask=attention_mask, position_ids=positions, past_key_values=cache
-            ).logits[:, -1]
-            scores = processors(sequence, logits.to(dtype=torch.float32))
-            next_tokens = select_next_token(scores, options.samples)
-            next_tokens = torch.where(unfinished, next_tokens, pad)  # finished rows only pad
-            sequence = torch.cat([sequence, next_tokens[:, None]], dim=-1)
-            attention_mask = torch.cat([attention_mask, unfinished[:, None].long()], dim=-1)
-            stops = stopping(sequence, scores) & unfinished
-            for row in stops.nonzero().flatten().tolist():
-                finished_at[row] = step + 1
-            unfinished &= ~stops
-            if not unfinished.any():
-                break
-            step_input = next_tokens[:, None]
+    mode: str
+    defaults: DecodingOptions  # each line's own options override these
+    batch_size: int = 8
+    top_logprobs: int | None = None
 
-    results = []
-    for row, item in enumerate(items):
-        new_ids = sequence[row, width : width + finished_at[row]].tolist()
-        row_sequence = sequence[row : row + 1, : width + len(new_ids)]
-        results.append(
-            {
-                "id": item.id,
-                "text": loaded.tokenizer.decode(new_ids, skip_special_tokens=True),
-                "token_ids": new_ids,
-                "finish_reason": finish_reason(row_sequence, new_ids, eos, stopping),
-            }
-        )
-    return results
+
+def decode_batch(loaded: LoadedModel, items: list[BatchItem], job: BatchJob) -> list[dict[str, Any]]:
+    """Prompts that share options, decoded together by the job's mode: one record each."""
+    results = generate_batch(
+        loaded, [item.prompt for item in items], job.mode, items[0].options, job.top_logprobs
+    )
+    records = []
+    for item, result in zip(items, results, strict=True):
+        record = {
+            "id": item.id,
+            "text": result.text,
+            "token_ids": result.token_ids,
+            "finish_reason": result.finish_reason,
+        }
+        if result.logprobs is not None:
+            record["logprobs"] = result.logprobs
+        records.append(record)
+    return records
 
 
 def finished_ids(output: Path) -> set[str]:
@@ -161,31 +133,30 @@ def finished_ids(output: Path) -> set[str]:
 def run_batch(
     loaded: LoadedModel,
     lines: Iterable[str],
-    defaults: DecodingOptions,
-    batch_size: int,
+    job: BatchJob,
     skip_ids: set[str] = frozenset(),
     on_done: Callable[[int], None] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Yield one record per input line, in input order, a chunk of `batch_size` lines at a time."""
+    """Yield one record per input line, in input order, a chunk of `job.batch_size` lines at a time."""
     seen: set[str] = set()
     chunk: list[tuple[int, str]] = []
     for number, text in enumerate(lines, start=1):
         if not text.strip():
             continue
         chunk.append((number, text))
-        if len(chunk) == batch_size:
-            yield from _run_chunk(loaded, chunk, defaults, skip_ids, seen, on_done)
+        if len(chunk) == job.batch_size:
+            yield from _run_chunk(loaded, chunk, job, skip_ids, seen, on_done)
             chunk = []
     if chunk:
-        yield from _run_chunk(loaded, chunk, defaults, skip_ids, seen, on_done)
+        yield from _run_chunk(loaded, chunk, job, skip_ids, seen, on_done)
 
 
-def _run_chunk(loaded, chunk, defaults, skip_ids, seen, on_done) -> Iterator[dict[str, Any]]:
+def _run_chunk(loaded, chunk, job, skip_ids, seen, on_done) -> Iterator[dict[str, Any]]:
     records: dict[int, dict[str, Any]] = {}
     groups: dict[DecodingOptions, list[BatchItem]] = {}
     for number, text in chunk:
         try:
-            item = parse_line(number, text, defaults)
+            item = parse_line(number, text, job.defaults)
         except LineError as error:
             records[number] = error_record(number, error.item_id, str(error))
             continue
@@ -198,13 +169,13 @@ def _run_chunk(loaded, chunk, defaults, skip_ids, seen, on_done) -> Iterator[dic
         groups.setdefault(item.options, []).append(item)
     for items in groups.values():
         try:
-            for item, record in zip(items, decode_batch(loaded, items), strict=True):
+            for item, record in zip(items, decode_batch(loaded, items, job), strict=True):
                 records[item.line] = record
         except GencliError:
             # One bad prompt (too long, say) must not sink the others: retry them one by one.
             for item in items:
                 try:
-                    records[item.line] = decode_batch(loaded, [item])[0]
+                    records[item.line] = decode_batch(loaded, [item], job)[0]
                 except GencliError as error:
                     records[item.line] = error_record(item.line, item.id, str(error))
     for number, _ in chunk:

@@ -26,6 +26,7 @@ from gencli.cache import CacheSnapshot, snapshot_cache
 from gencli.engines import DecodeRequest
 from gencli.errors import GencliError
 from gencli.loading import LoadedModel
+from gencli.padding import left_pad, pad_token_id
 from gencli.prefix import CachedPrefix, reusable_length
 from gencli.results import FinishReason, GenerationResult, Timings
 from gencli.sampling import token_logprobs
@@ -192,6 +193,19 @@ def finish_reason(
     return "length"
 
 
+def logprob_record(tokenizer: Any, scores: torch.Tensor, token: int, count: int) -> dict[str, Any]:
+    """`token`'s log-probability under `scores` ([vocab], what it was chosen from) and the `count`
+    most likely tokens with theirs, each with its text."""
+    chosen, top = token_logprobs(scores, token, count)
+    piece = tokenizer.decode
+    return {
+        "token": token,
+        "text": piece([token]),
+        "logprob": chosen,
+        "top": [{"token": other, "text": piece([other]), "logprob": value} for other, value in top],
+    }
+
+
 def generate_text(
     loaded: LoadedModel,
     prompt: str | list[int],
@@ -248,15 +262,8 @@ def generate_text(
 
     logprobs: list[dict[str, Any]] | None = None if top_logprobs is None else []
 
-    def on_scores(scores: torch.Tensor, token: int) -> None:
-        chosen, top = token_logprobs(scores, token, top_logprobs)
-        piece = loaded.tokenizer.decode
-        record = {
-            "token": token,
-            "text": piece([token]),
-            "logprob": chosen,
-            "top": [{"token": other, "text": piece([other]), "logprob": value} for other, value in top],
-        }
+    def on_scores(scores: torch.Tensor, tokens: torch.Tensor) -> None:
+        record = logprob_record(loaded.tokenizer, scores[0], int(tokens[0]), top_logprobs)
         logprobs.append(record)
         if on_logprob is not None:
             on_logprob(record)
@@ -319,6 +326,83 @@ def generate_text(
     finally:
         timer.remove()
     return result(None)
+
+
+def generate_batch(
+    loaded: LoadedModel,
+    prompts: list[str] | list[list[int]],
+    mode: str,
+    options: DecodingOptions,
+    top_logprobs: int | None = None,
+) -> list[GenerationResult]:
+    """Continue several prompts at once with the mode's engine, left-padded into one batch.
+
+    Greedy results equal `generate_text` on each prompt alone, in every mode; sampling draws
+    from one random stream for the whole batch, so it differs from single runs with the seed."""
+    engine = loaded.engine(mode)
+    rows = [encode_prompt(loaded, prompt, options.max_new_tokens) for prompt in prompts]
+    input_ids, attention_mask = left_pad(rows, pad_token_id(loaded.tokenizer), loaded.device)
+    width = input_ids.shape[1]
+    stopping = build_stopping_criteria(loaded, width, options)
+    seed = options.seed
+    if seed is None and options.samples:
+        seed = random.SystemRandom().randrange(2**32)
+    if seed is not None:
+        torch.manual_seed(seed)
+    logprobs: list[list[dict[str, Any]]] = [[] for _ in rows]
+
+    def on_scores(scores: torch.Tensor, tokens: torch.Tensor) -> None:
+        for row, records in enumerate(logprobs):
+            records.append(logprob_record(loaded.tokenizer, scores[row], int(tokens[row]), top_logprobs))
+
+    cache = engine.new_cache(width + options.max_new_tokens, batch=len(rows)) if engine.uses_cache else None
+    request = DecodeRequest(
+        tokenizer=loaded.tokenizer,
+        input_ids=input_ids,
+        options=options,
+        eos_token_id=stopping_eos(loaded, options),
+        stopping=stopping,
+        streamer=None,
+        cache=cache,
+        on_scores=on_scores if top_logprobs is not None else None,
+        attention_mask=attention_mask if bool((attention_mask == 0).any()) else None,
+    )
+    sequences = engine.decode(request).cpu()
+
+    results = []
+    for row, (prompt, prompt_ids) in enumerate(zip(prompts, rows, strict=True)):
+        count = _finished_length(sequences[row : row + 1], width, stopping, request.pad_token_id)
+        new_ids = sequences[row, width : width + count].tolist()
+        sequence = torch.tensor([prompt_ids + new_ids])
+        results.append(
+            GenerationResult(
+                mode=mode,
+                model=loaded.name,
+                prompt=prompt if isinstance(prompt, str) else loaded.tokenizer.decode(prompt_ids),
+                prompt_token_ids=prompt_ids,
+                token_ids=new_ids,
+                text=loaded.tokenizer.decode(new_ids, skip_special_tokens=True),
+                finish_reason=finish_reason(sequence, new_ids, request.eos_token_id, stopping),
+                timings=Timings.measured(None, [], loaded.load_s),
+                seed=seed,
+                device=str(loaded.device),
+                dtype=str(loaded.dtype).removeprefix("torch."),
+                logprobs=None if top_logprobs is None else logprobs[row][:count],
+            )
+        )
+    return results
+
+
+def _finished_length(sequence: torch.Tensor, width: int, stopping: StoppingCriteriaList, pad: int) -> int:
+    """How many new tokens a row of a finished batch has before its padding: the first length at
+    which a stopping criterion fires. A finished row gets only padding, so the row was still
+    going up to its last other token."""
+    new = sequence[0, width:].tolist()
+    last_real = max((index for index, token in enumerate(new) if token != pad), default=-1)
+    for count in range(last_real + 1, len(new) + 1):
+        if count and bool(stopping(sequence[:, : width + count], None).any()):
+            return count
+    return len(new)
 
 
 def _restore_prompt_cache(

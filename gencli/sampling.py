@@ -30,6 +30,21 @@ from transformers import (
 from gencli.settings import DecodingOptions
 
 
+class NoRepeatNGramAfterPadding(NoRepeatNGramLogitsProcessor):
+    """Hugging Face's n-gram rule with each row's left padding left out: pad tokens (EOS for
+    GPT-2) are not text, and counting them bans tokens the same prompt alone may choose."""
+
+    def __init__(self, ngram_size: int, padding_lengths: torch.Tensor):
+        super().__init__(ngram_size)
+        self.padding_lengths = padding_lengths
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        padding = positions[None, :] < self.padding_lengths.to(input_ids.device)[:, None]
+        # -1 is no token: an n-gram that reaches into the padding matches no real one.
+        return super().__call__(input_ids.masked_fill(padding, -1), scores)
+
+
 def build_logits_processors(
     options: DecodingOptions,
     prompt_length: int,
@@ -41,7 +56,8 @@ def build_logits_processors(
 
     `prompt_length`: prompt positions (padded width in a batch), which `min_new_tokens` skips;
     `eos_token_id`: the token `min_new_tokens` holds back (None: nothing stops at EOS);
-    `padding_lengths` ([batch]): left-padding tokens per row, which the penalty must ignore."""
+    `padding_lengths` ([batch]): left-padding tokens per row, which the repetition penalty and
+    the n-gram rule must ignore."""
     processors = LogitsProcessorList()
     if options.repetition_penalty != 1.0:
         processors.append(
@@ -50,7 +66,11 @@ def build_logits_processors(
             )
         )
     if options.no_repeat_ngram_size > 0:
-        processors.append(NoRepeatNGramLogitsProcessor(options.no_repeat_ngram_size))
+        processors.append(
+            NoRepeatNGramLogitsProcessor(options.no_repeat_ngram_size)
+            if padding_lengths is None
+            else NoRepeatNGramAfterPadding(options.no_repeat_ngram_size, padding_lengths)
+        )
     if options.min_new_tokens > 0 and eos_token_id is not None:
         processors.append(
             MinNewTokensLengthLogitsProcessor(
@@ -77,25 +97,28 @@ def build_logits_processors(
     return processors
 
 
-def generate_kwargs(options: DecodingOptions) -> dict[str, Any]:
-    """Arguments that make `model.generate` build exactly `build_logits_processors(options)`.
+def generate_kwargs(options: DecodingOptions, build_processors: bool = True) -> dict[str, Any]:
+    """Arguments that make `model.generate` build exactly `build_logits_processors(options)`, or,
+    with `build_processors=False`, none at all (the caller passes its own list).
 
     Every value is explicit: a value left out would be filled from HF's global defaults
     (top_k=50), and the modes would drift apart.
     """
+    build = build_processors
+    samples = options.samples and build
     return {
         "do_sample": options.samples,
-        "min_new_tokens": options.min_new_tokens or None,
-        "suppress_tokens": list(options.suppress_tokens) or None,
-        "min_p": float(options.min_p) if options.samples and options.min_p > 0 else None,
-        "typical_p": float(options.typical_p) if options.samples else 1.0,
-        "epsilon_cutoff": float(options.epsilon_cutoff) if options.samples else 0.0,
-        "eta_cutoff": float(options.eta_cutoff) if options.samples else 0.0,
-        "repetition_penalty": float(options.repetition_penalty),
-        "no_repeat_ngram_size": options.no_repeat_ngram_size,
-        "temperature": float(options.temperature) if options.samples else 1.0,
-        "top_k": options.top_k if options.samples else 0,
-        "top_p": float(options.top_p) if options.samples else 1.0,
+        "min_new_tokens": (options.min_new_tokens or None) if build else None,
+        "suppress_tokens": (list(options.suppress_tokens) or None) if build else None,
+        "min_p": float(options.min_p) if samples and options.min_p > 0 else None,
+        "typical_p": float(options.typical_p) if samples else 1.0,
+        "epsilon_cutoff": float(options.epsilon_cutoff) if samples else 0.0,
+        "eta_cutoff": float(options.eta_cutoff) if samples else 0.0,
+        "repetition_penalty": float(options.repetition_penalty) if build else 1.0,
+        "no_repeat_ngram_size": options.no_repeat_ngram_size if build else 0,
+        "temperature": float(options.temperature) if samples else 1.0,
+        "top_k": options.top_k if samples else 0,
+        "top_p": float(options.top_p) if samples else 1.0,
         "max_new_tokens": options.max_new_tokens,
     }
 

@@ -3,30 +3,62 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from gencli.batch import run_batch
+from gencli.batch import BatchJob, run_batch
 from gencli.cli import app
-from gencli.generation import generate_text
-from gencli.settings import DecodingOptions
+from gencli.generation import generate_batch, generate_text
+from gencli.settings import MODES, DecodingOptions
 from tests.engines.test_agreement import first_new_token_index
 
 runner = CliRunner()
 LONG = " ".join(["It is a truth universally acknowledged, that a single man in want of a wife."] * 10)
-PROMPTS = ["Hi", LONG, "Call me Ishmael.", "The", "Whenever I find myself growing grim about the mouth"]
+# Very different lengths, and one with the end-of-text token inside it (the padding token too).
+PROMPTS = [
+    "Hi",
+    LONG,
+    "Call me Ishmael.",
+    "The<|endoftext|> end",
+    "Whenever I find myself growing grim about the mouth",
+]
 
 
 def lines(*records):
     return [json.dumps(record) if not isinstance(record, str) else record for record in records]
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("batch_size", [1, 3, 8])
-def test_greedy_batch_equals_one_at_a_time(tiny, batch_size):
+def test_greedy_batch_equals_one_at_a_time(tiny, mode, batch_size):
     options = DecodingOptions(max_new_tokens=10)
-    records = list(run_batch(tiny, lines(*({"prompt": p} for p in PROMPTS)), options, batch_size))
+    job = BatchJob(mode, options, batch_size)
+    records = list(run_batch(tiny, lines(*({"prompt": p} for p in PROMPTS)), job))
     assert [r["id"] for r in records] == ["1", "2", "3", "4", "5"]
     for prompt, record in zip(PROMPTS, records, strict=True):
-        alone = generate_text(tiny, prompt, "kv-cache", options)
+        alone = generate_text(tiny, prompt, mode, options)
         assert record["token_ids"] == alone.token_ids
         assert record["text"] == alone.text and record["finish_reason"] == "length"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rows_stop_on_their_own_and_keep_their_logprobs(tiny, eos_as, mode):
+    """One row ends at EOS, one at a stop string, one runs to the end: each equals its run alone,
+    log-probabilities included, while the finished rows wait padded."""
+    free = generate_text(tiny, "Call me Ishmael.", "kv-cache", DecodingOptions(max_new_tokens=12))
+    index = first_new_token_index(free.token_ids, 2)
+    loaded = eos_as(free.token_ids[index])
+    stop = tiny.tokenizer.decode(
+        generate_text(tiny, "Hi", "kv-cache", DecodingOptions(max_new_tokens=4)).token_ids[2:4]
+    )
+    options = DecodingOptions(max_new_tokens=12, stop=(stop,))
+    prompts = ["Call me Ishmael.", "Hi", "Whenever I find myself"]
+    results = generate_batch(loaded, prompts, mode, options, top_logprobs=3)
+    for prompt, result in zip(prompts, results, strict=True):
+        alone = generate_text(loaded, prompt, mode, options, top_logprobs=3)
+        assert result.token_ids == alone.token_ids and result.finish_reason == alone.finish_reason
+        assert [step["token"] for step in result.logprobs] == alone.token_ids
+        for ours, theirs in zip(result.logprobs, alone.logprobs, strict=True):
+            assert ours["logprob"] == pytest.approx(theirs["logprob"], abs=1e-4)
+            assert [t["token"] for t in ours["top"]] == [t["token"] for t in theirs["top"]]
+    assert [r.finish_reason for r in results][:2] == ["eos", "stop"]
 
 
 def test_per_line_options_and_stops(tiny, eos_as):
@@ -41,8 +73,7 @@ def test_per_line_options_and_stops(tiny, eos_as):
                 {"id": "short", "prompt": "Call me Ishmael.", "max_new_tokens": 2},
                 {"id": "penalty", "prompt": "Hi", "repetition_penalty": 1.3},
             ),
-            DecodingOptions(max_new_tokens=12),
-            batch_size=4,
+            BatchJob("kv-cache", DecodingOptions(max_new_tokens=12), batch_size=4),
         )
     )
     by_id = {r["id"]: r for r in records}
@@ -70,8 +101,7 @@ def test_bad_lines_get_error_records_and_the_rest_go_on(tiny):
                 {"id": "long", "prompt": too_long},
                 {"id": "last", "prompt": "The end"},
             ),
-            DecodingOptions(max_new_tokens=3),
-            batch_size=4,
+            BatchJob("kv-cache", DecodingOptions(max_new_tokens=3), batch_size=4),
         )
     )
     assert [r.get("line") for r in records] == [None, 2, 3, 4, 5, 6, 7, 8, None]
@@ -186,3 +216,19 @@ def test_a_byte_order_mark_a_deep_line_and_ids_in_error_records(tiny_model_dir, 
     assert "error" not in records[0] and "error" not in records[3]
     assert "nested too deeply" in records[1]["error"] and records[1]["line"] == 2
     assert "'top_p' must be a number" in records[2]["error"]
+
+
+def test_cli_mode_and_top_logprobs(tiny_model_dir, tmp_path):
+    source = write_input(tmp_path, count=3)
+    outputs = {}
+    for mode in ("generate", "scratch"):
+        argv = ["batch", str(source), "--model", str(tiny_model_dir), "-n", "3", "--mode", mode]
+        result = runner.invoke(app, [*argv, "--top-logprobs", "2"])
+        assert result.exit_code == 0, result.output
+        outputs[mode] = [json.loads(line) for line in result.stdout.splitlines()]
+    for generated, scratch in zip(outputs["generate"], outputs["scratch"], strict=True):
+        assert generated["token_ids"] == scratch["token_ids"]
+        assert [step["token"] for step in scratch["logprobs"]] == scratch["token_ids"]
+        assert all(len(step["top"]) == 2 for step in scratch["logprobs"])
+        for ours, theirs in zip(generated["logprobs"], scratch["logprobs"], strict=True):
+            assert ours["logprob"] == pytest.approx(theirs["logprob"], abs=1e-4)

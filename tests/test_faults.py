@@ -85,11 +85,11 @@ def test_an_interrupted_batch_keeps_the_records_written(tiny_model_dir, tmp_path
     original = batch.decode_batch
     calls = {"count": 0}
 
-    def decode_then_stop(loaded, items):
+    def decode_then_stop(loaded, items, job):
         calls["count"] += 1
         if calls["count"] == 2:
             raise KeyboardInterrupt
-        return original(loaded, items)
+        return original(loaded, items, job)
 
     monkeypatch.setattr(batch, "decode_batch", decode_then_stop)
     output = tmp_path / "out.jsonl"

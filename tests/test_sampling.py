@@ -56,3 +56,22 @@ def test_greedy_ignores_sampling_warpers():
 def test_min_new_tokens_needs_an_eos_to_hold_back():
     processors = build_logits_processors(DecodingOptions(min_new_tokens=3), PROMPT_LENGTH, None)
     assert list(processors) == []
+
+
+def test_the_ngram_rule_skips_left_padding():
+    """Padding with EOS (0 here) must not ban what the prompt alone may choose: alone, the row's
+    last two tokens (0, 0) have not been seen before; padded, the padding's (0, 0, 7) bans 7."""
+    from transformers import NoRepeatNGramLogitsProcessor
+
+    from gencli.sampling import NoRepeatNGramAfterPadding
+
+    row, padded = torch.tensor([[7, 9, 0, 0]]), torch.tensor([[0, 0, 7, 9, 0, 0], [3, 4, 5, 3, 4, 5]])
+    scores = torch.zeros(2, 12)
+    alone = NoRepeatNGramLogitsProcessor(3)(row, scores[:1])
+    assert alone.isinf().sum() == 0
+    assert NoRepeatNGramLogitsProcessor(3)(padded, scores)[0, 7] == -float("inf")  # the bug
+    fixed = NoRepeatNGramAfterPadding(3, torch.tensor([2, 0]))(padded, scores)
+    assert torch.equal(fixed[0], alone[0])
+    # an unpadded row keeps Hugging Face's rule: after (4, 5), 3 was seen, so 3 is banned
+    assert torch.equal(fixed[1], NoRepeatNGramLogitsProcessor(3)(padded[1:], scores[1:])[0])
+    assert fixed[1, 3] == -float("inf")

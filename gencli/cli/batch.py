@@ -9,11 +9,21 @@ from typing import Annotated, Any
 import typer
 
 from gencli.cli.edge import load_with_settings, notice, startup_status
-from gencli.cli.options import DECODING, DTYPE, MODEL, SOURCES, command_line_layers, read_stdin, with_options
+from gencli.cli.options import (
+    DECODING,
+    DTYPE,
+    MODE,
+    MODEL,
+    SOURCES,
+    TopLogprobsOption,
+    command_line_layers,
+    read_stdin,
+    with_options,
+)
 from gencli.errors import GencliError
 
 
-@with_options(DECODING, MODEL, DTYPE, SOURCES)
+@with_options(MODE, DECODING, MODEL, DTYPE, SOURCES)
 def batch(
     input_path: Annotated[
         Path,
@@ -33,14 +43,17 @@ def batch(
     resume: Annotated[
         bool, typer.Option(help="Skip ids that already have a result in --output, and append the rest.")
     ] = False,
+    top_logprobs: TopLogprobsOption = None,
     flags: dict[str, Any] | None = None,
 ) -> None:
     """Generate for every prompt of a JSONL file, in batches; write JSONL results in input order.
 
-    Each result: id, text, token_ids, finish_reason. A bad line gets {"id", "line", "error"} and
-    the others go on; the exit status is then 1. Options given here are defaults that each line
-    may override. Greedy results equal generating each prompt alone; sampled batches draw from
-    one random stream, so they differ from single runs with the same seed.
+    Each result: id, text, token_ids, finish_reason (and logprobs with --top-logprobs). A bad line
+    gets {"id", "line", "error"} and the others go on; the exit status is then 1. Options given
+    here are defaults that each line may override. Every mode decodes batches with its own engine;
+    greedy results equal generating each prompt alone. Sampled batches draw from one random
+    stream, so they differ from single runs with the same seed. Records go to stdout (or
+    --output), the progress bar to stderr.
     """
     layers = command_line_layers(flags)
     if batch_size < 1:
@@ -60,17 +73,20 @@ def batch(
     with startup_status("starting") as step:
         loaded, resolved = load_with_settings(layers, step)
         from gencli import render
-        from gencli.batch import finished_ids, run_batch
+        from gencli.batch import BatchJob, finished_ids, run_batch
 
     skip = finished_ids(output) if resume and output.exists() else set()
     target = open(output, "a" if resume else "w", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
+    settings = resolved.settings
+    job = BatchJob(settings.mode, settings.decoding, batch_size, top_logprobs)
     failures = 0
     try:
-        with render.progress(sum(1 for line in lines if line.strip()), "prompts") as advance:
-            for record in run_batch(loaded, lines, resolved.settings.decoding, batch_size, skip, advance):
+        with render.progress(sum(1 for line in lines if line.strip()), "prompts") as bar:
+            for record in run_batch(loaded, lines, job, skip, bar):
                 failures += "error" in record
-                target.write(render.json_line(record))
-                target.flush()
+                with bar.cleared(target):
+                    target.write(render.json_line(record))
+                    target.flush()
     finally:
         if output:
             target.close()

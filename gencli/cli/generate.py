@@ -21,6 +21,7 @@ from gencli.cli.options import (
     PromptArgument,
     PromptFileOption,
     QuietOption,
+    TopLogprobsOption,
     command_line_layers,
     read_prompt,
     with_options,
@@ -63,17 +64,7 @@ def generate(
     prompt_cache_ro: Annotated[
         bool, typer.Option("--prompt-cache-ro", help="Read the --prompt-cache file but never write it.")
     ] = False,
-    top_logprobs: Annotated[
-        int | None,
-        typer.Option(
-            help="Each new token's log-probability and the N most likely alternatives, under the "
-            "processed scores it was chosen from (in --json, or a table on stderr).",
-            min=1,
-            max=20,
-            metavar="N",
-            show_default=False,
-        ),
-    ] = None,
+    top_logprobs: TopLogprobsOption = None,
     show_probs: Annotated[
         bool,
         typer.Option(

@@ -231,6 +231,18 @@ PromptFileOption = Annotated[
     Path | None,
     typer.Option("--file", "-f", help="Read the prompt from this file.", dir_okay=False, show_default=False),
 ]
+TopLogprobsOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Each new token's log-probability and the N most likely alternatives, under the "
+        "processed scores it was chosen from (generate: in --json, or a table on stderr; batch: "
+        "'logprobs' in each record).",
+        min=1,
+        max=20,
+        metavar="N",
+        show_default=False,
+    ),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Do not print timings on stderr.")]
 ArchOption = Annotated[

@@ -11,26 +11,40 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from gencli.padding import pad_token_id, padding_lengths, position_ids
 from gencli.sampling import build_logits_processors, select_next_token
 from gencli.settings import DecodingOptions
 
 
 @dataclass
 class DecodeRequest:
-    """Everything a mode needs to continue one prompt (batch size 1)."""
+    """Everything a mode needs to continue a batch of prompts: usually one, or a left-padded batch."""
 
     tokenizer: PreTrainedTokenizerBase
-    input_ids: torch.Tensor
+    input_ids: torch.Tensor  # [batch, width]
     options: DecodingOptions
     eos_token_id: int | None
     stopping: StoppingCriteriaList
     # Receives the prompt ids first, then every new token as soon as it is chosen, exactly as
     # `generate` feeds its streamer; all output (text, timings, cache snapshots) comes from it.
-    streamer: BaseStreamer
+    # A batch of more than one prompt has none.
+    streamer: BaseStreamer | None
     # The mode's KV cache; it may already hold a prefix of the prompt, which is then not run again.
     cache: Any
-    # Hears every step's processed scores ([vocab]) and the token chosen from them, when asked.
-    on_scores: Callable[[torch.Tensor, int], None] | None = None
+    # Hears every step's processed scores ([batch, vocab]) and the tokens chosen from them
+    # ([batch]), when asked. Rows that have finished get scores too: ignore them.
+    on_scores: Callable[[torch.Tensor, torch.Tensor], None] | None = None
+    # [batch, width] of 1 (token) / 0 (left padding) when the prompts have different lengths.
+    attention_mask: torch.Tensor | None = None
+
+    @property
+    def padding_lengths(self) -> torch.Tensor | None:
+        return None if self.attention_mask is None else padding_lengths(self.attention_mask)
+
+    @property
+    def pad_token_id(self) -> int:
+        """What a finished row of a batch gets while the others go on (as in `generate`)."""
+        return pad_token_id(self.tokenizer)
 
 
 class Engine(ABC):
@@ -47,13 +61,14 @@ class Engine(ABC):
         """The module whose forward passes this mode runs (its first one is the prefill)."""
         return self.model
 
-    def new_cache(self, max_length: int) -> Any:
-        """A cache for `max_length` positions, or None for a mode without one."""
+    def new_cache(self, max_length: int, batch: int = 1) -> Any:
+        """A cache for `batch` rows of `max_length` positions, or None for a mode without one."""
         return None
 
     @abstractmethod
-    def decode(self, request: DecodeRequest) -> None:
-        """Generate until a stopping criterion fires, handing every token to `request.streamer`."""
+    def decode(self, request: DecodeRequest) -> torch.Tensor:
+        """Generate until a stopping criterion fires for every row, handing every token to
+        `request.streamer`; return the sequences, [batch, width + new] (finished rows padded)."""
 
 
 class StepEngine(Engine):
@@ -64,15 +79,21 @@ class StepEngine(Engine):
         """Run the prompt; return the logits for the next token, [batch, vocab]."""
 
     @abstractmethod
-    def decode_one_token(self, request: DecodeRequest, sequence: torch.Tensor) -> torch.Tensor:
-        """Return the logits that follow `sequence`, whose last token the model has not seen yet."""
+    def decode_one_token(
+        self, request: DecodeRequest, sequence: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Return the logits that follow `sequence`, whose last token the model has not seen yet;
+        `attention_mask` covers the whole sequence when the batch is padded."""
 
-    def decode(self, request: DecodeRequest) -> None:
+    def decode(self, request: DecodeRequest) -> torch.Tensor:
         with torch.inference_mode():
-            request.streamer.put(request.input_ids.cpu())
+            if request.streamer is not None:
+                request.streamer.put(request.input_ids.cpu())
             logits = self.prefill(request)
-            decode_n_tokens(self, request, logits)
-        request.streamer.end()
+            sequence = decode_n_tokens(self, request, logits)
+        if request.streamer is not None:
+            request.streamer.end()
+        return sequence
 
 
 class CachedStepEngine(StepEngine):
@@ -80,31 +101,62 @@ class CachedStepEngine(StepEngine):
     prefill skips a prefix the cache already holds and a decode step runs one token."""
 
     def prefill(self, request: DecodeRequest) -> torch.Tensor:
-        return self.next_logits(request.cache, request.input_ids[:, int(request.cache.get_seq_length()) :])
+        new_tokens = request.input_ids[:, int(request.cache.get_seq_length()) :]
+        return self._run(request.cache, new_tokens, request.attention_mask)
 
-    def decode_one_token(self, request: DecodeRequest, sequence: torch.Tensor) -> torch.Tensor:
-        return self.next_logits(request.cache, sequence[:, -1:])
+    def decode_one_token(
+        self, request: DecodeRequest, sequence: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        return self._run(request.cache, sequence[:, -1:], attention_mask)
+
+    def _run(self, cache: Any, new_tokens: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        if attention_mask is None:
+            return self.next_logits(cache, new_tokens)
+        positions = position_ids(attention_mask)[:, -new_tokens.shape[1] :]
+        return self.next_logits(cache, new_tokens, attention_mask, positions)
 
     @abstractmethod
-    def next_logits(self, cache: Any, new_tokens: torch.Tensor) -> torch.Tensor:
+    def next_logits(
+        self,
+        cache: Any,
+        new_tokens: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Run `new_tokens` ([batch, new]) after what `cache` holds, storing their keys and values;
-        return the logits for the token after the last one, [batch, vocab]."""
+        return the logits for the token after the last one, [batch, vocab]. In a left-padded
+        batch, `attention_mask` ([batch, cached + new]) marks the padding and `positions`
+        ([batch, new]) are the new tokens' position ids; without padding both are None."""
 
 
 def decode_n_tokens(engine: StepEngine, request: DecodeRequest, logits: torch.Tensor) -> torch.Tensor:
-    """Choose tokens until a stopping criterion fires; return the whole sequence."""
+    """Choose tokens until a stopping criterion has fired for every row; return the sequences."""
+    input_ids = request.input_ids
     processors = build_logits_processors(
-        request.options, request.input_ids.shape[1], request.eos_token_id, device=request.input_ids.device
+        request.options,
+        input_ids.shape[1],
+        request.eos_token_id,
+        padding_lengths=request.padding_lengths,
+        device=input_ids.device,
     )
-    sequence = request.input_ids
+    sequence, attention_mask = input_ids, request.attention_mask
+    unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     while True:
         # Same dtype and processor inputs as `generate`, so sampling sees identical scores.
         scores = processors(sequence, logits.to(dtype=torch.float32))
         next_token = select_next_token(scores, request.options.samples)
         if request.on_scores is not None:
-            request.on_scores(scores[0], int(next_token[0]))
+            request.on_scores(scores, next_token)
+        # A row that has finished only gets padding while the others go on, as in `generate`.
+        next_token = torch.where(unfinished, next_token, request.pad_token_id)
         sequence = torch.cat([sequence, next_token[:, None]], dim=-1)
-        request.streamer.put(next_token.cpu())
-        if request.stopping(sequence, scores).any():
+        if attention_mask is not None:
+            attention_mask = torch.cat(
+                [attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], -1
+            )
+        if request.streamer is not None:
+            request.streamer.put(next_token.cpu())
+        unfinished &= ~request.stopping(sequence, scores)
+        if not unfinished.any():
             return sequence
-        logits = engine.decode_one_token(request, sequence)
+        logits = engine.decode_one_token(request, sequence, attention_mask)

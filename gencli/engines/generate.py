@@ -7,18 +7,18 @@ from transformers import GenerationConfig
 from transformers.cache_utils import DynamicCache
 
 from gencli.engines.base import DecodeRequest, Engine
-from gencli.sampling import generate_kwargs
+from gencli.sampling import build_logits_processors, generate_kwargs
 
 
 class HFGenerateEngine(Engine):
     name = "generate"
     uses_cache = True
 
-    def new_cache(self, max_length: int) -> DynamicCache:
+    def new_cache(self, max_length: int, batch: int = 1) -> DynamicCache:
         # Passing our own cache object lets gencli inspect it while and after `generate` runs.
         return DynamicCache(config=self.model.config)
 
-    def decode(self, request: DecodeRequest) -> None:
+    def decode(self, request: DecodeRequest) -> torch.Tensor:
         # generate fills every option left unset from the model's own generation_config; gencli
         # has already taken the checkpoint's options into its settings, so it runs on a clean one
         # that keeps only the special tokens (a checkpoint's num_beams, say, must not leak in).
@@ -27,29 +27,44 @@ class HFGenerateEngine(Engine):
             bos_token_id=checkpoint_config.bos_token_id, eos_token_id=checkpoint_config.eos_token_id
         )
         try:
-            self._generate(request)
+            return self._generate(request)
         finally:
             self.model.generation_config = checkpoint_config
 
-    def _generate(self, request: DecodeRequest) -> None:
+    def _generate(self, request: DecodeRequest) -> torch.Tensor:
         wants_scores = request.on_scores is not None
+        input_ids, attention_mask = request.input_ids, request.attention_mask
+        processors = None
+        if attention_mask is not None:
+            # generate's own processors would count the left padding as text (its repetition
+            # penalty would hold EOS back in padded rows only): gencli's skip it.
+            processors = build_logits_processors(
+                request.options,
+                input_ids.shape[1],
+                request.eos_token_id,
+                padding_lengths=request.padding_lengths,
+                device=input_ids.device,
+            )
         with torch.inference_mode():
             output = self.model.generate(
-                request.input_ids,
-                attention_mask=torch.ones_like(request.input_ids),
+                input_ids,
+                attention_mask=torch.ones_like(input_ids) if attention_mask is None else attention_mask,
                 past_key_values=request.cache,
                 streamer=request.streamer,
                 # Ours replace generate's own criteria of the same types, so every mode stops alike.
                 stopping_criteria=request.stopping,
                 # None (with --ignore-eos) overrides the checkpoint's own EOS, so generate goes on too.
                 eos_token_id=request.eos_token_id,
-                pad_token_id=request.tokenizer.eos_token_id,
+                pad_token_id=request.pad_token_id,
+                logits_processor=processors,
                 # generate keeps each step's processed scores, the ones it chose from, when asked.
                 output_scores=wants_scores,
                 return_dict_in_generate=wants_scores,
-                **generate_kwargs(request.options),
+                **generate_kwargs(request.options, build_processors=processors is None),
             )
+        sequences = output.sequences if wants_scores else output
         if wants_scores:
-            start = request.input_ids.shape[1]
+            start = input_ids.shape[1]
             for step, scores in enumerate(output.scores):
-                request.on_scores(scores[0], int(output.sequences[0, start + step]))
+                request.on_scores(scores, sequences[:, start + step])
+        return sequences

@@ -33,9 +33,22 @@ class KVCacheEngine(CachedStepEngine):
     def forward_module(self) -> torch.nn.Module:
         return self.transformer
 
-    def new_cache(self, max_length: int) -> StaticCache:
+    def new_cache(self, max_length: int, batch: int = 1) -> StaticCache:
+        # A StaticCache takes its batch size from the first keys written into it.
         return StaticCache(config=self.model.config, max_cache_len=max_length)
 
-    def next_logits(self, cache: StaticCache, new_tokens: torch.Tensor) -> torch.Tensor:
-        body = self.transformer(new_tokens, past_key_values=cache, use_cache=True)
+    def next_logits(
+        self,
+        cache: StaticCache,
+        new_tokens: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        body = self.transformer(
+            new_tokens,
+            past_key_values=cache,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            use_cache=True,
+        )
         return self.lm_head(body.last_hidden_state[:, -1])

@@ -25,8 +25,15 @@ class ScratchEngine(CachedStepEngine):
     def forward_module(self) -> ScratchGPT2:
         return self.scratch
 
-    def new_cache(self, max_length: int) -> ScratchCache:
-        return self.scratch.new_cache(batch=1, max_length=max_length)
+    def new_cache(self, max_length: int, batch: int = 1) -> ScratchCache:
+        return self.scratch.new_cache(batch=batch, max_length=max_length)
 
-    def next_logits(self, cache: ScratchCache, new_tokens: torch.Tensor) -> torch.Tensor:
-        return self.scratch(new_tokens, cache=cache)[:, -1]
+    def next_logits(
+        self,
+        cache: ScratchCache,
+        new_tokens: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        logits = self.scratch(new_tokens, cache=cache, attention_mask=attention_mask, position_ids=positions)
+        return logits[:, -1]

@@ -8,6 +8,7 @@ import torch
 
 from gencli.errors import GencliError, check_index
 from gencli.loading import LoadedModel
+from gencli.padding import position_ids
 from gencli.scratch.attention import MultiHeadSelfAttention
 
 
@@ -15,11 +16,9 @@ def attention_inputs(
     loaded: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
 ) -> list[torch.Tensor]:
     """The normalised hidden states each layer's attention receives, from a real HF forward pass."""
-    position_ids = None
-    if attention_mask is not None:
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    positions = None if attention_mask is None else position_ids(attention_mask)
     output = loaded.model(
-        input_ids, attention_mask=attention_mask, position_ids=position_ids, output_hidden_states=True
+        input_ids, attention_mask=attention_mask, position_ids=positions, output_hidden_states=True
     )
     blocks = loaded.model.transformer.h
     return [block.ln_1(hidden) for block, hidden in zip(blocks, output.hidden_states, strict=False)]

@@ -15,6 +15,7 @@ from torch import nn
 from transformers.cache_utils import DynamicCache
 
 from gencli.loading import LoadedModel
+from gencli.padding import left_pad
 from gencli.scratch.attention import KVCache, MultiHeadSelfAttention, causal_mask, padding_mask
 from gencli.scratch.model import ScratchGPT2
 from gencli.scratch.probe import attention_inputs
@@ -128,13 +129,7 @@ def check_causal_sequence(loaded: LoadedModel, prompt: str, attention: Attention
 
 def left_padded_batch(loaded: LoadedModel, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     encoded = [loaded.tokenizer.encode(prompt) for prompt in prompts]
-    width = max(map(len, encoded))
-    pad = loaded.eos_token_id or 0
-    input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=loaded.device)
-    attention_mask = torch.tensor(
-        [[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=loaded.device
-    )
-    return input_ids, attention_mask
+    return left_pad(encoded, loaded.eos_token_id or 0, loaded.device)
 
 
 def check_padded_batch(loaded: LoadedModel, prompts: list[str], attention: AttentionFactory) -> list[Check]:

@@ -113,3 +113,38 @@ def test_show_probs_colours_each_token_on_a_terminal(tiny_model_dir, user_dirs):
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+def test_batch_records_never_share_a_line_with_the_progress_bar(tiny_model_dir, user_dirs, tmp_path):
+    import json
+    import re
+
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"id": str(i), "prompt": f"Prompt {i}"}) + "\n" for i in range(6)))
+    child = pexpect.spawn(
+        sys.executable,
+        [
+            "-m",
+            "gencli",
+            "batch",
+            str(source),
+            "--model",
+            str(tiny_model_dir),
+            "-n",
+            "3",
+            "--batch-size",
+            "2",
+        ],
+        env={"XDG_DATA_HOME": str(user_dirs / "user-data"), "PATH": "/usr/bin:/bin", "TERM": "xterm"},
+        encoding="utf-8",
+        timeout=60,
+        dimensions=(24, 200),
+    )
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    # What the screen shows, line by line: escape sequences dropped, a carriage return starts over.
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", child.before)
+    screen = [line.rsplit("\r", 1)[-1] for line in plain.split("\r\n")]
+    records = [line for line in screen if '"id"' in line]
+    assert [json.loads(line)["id"] for line in records] == ["0", "1", "2", "3", "4", "5"]

@@ -2,6 +2,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from gencli.padding import left_pad, position_ids
 from gencli.scratch import ScratchGPT2, gelu_tanh
 
 
@@ -48,11 +49,9 @@ def test_left_padded_batch_matches_each_prompt_alone(tiny):
     short, long = tiny.tokenizer.encode("Call me"), tiny.tokenizer.encode("It is a truth universally")
     pad = len(long) - len(short)
     assert pad > 0
-    input_ids = torch.tensor([[0] * pad + short, long])
-    attention_mask = torch.tensor([[0] * pad + [1] * len(short), [1] * len(long)])
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    input_ids, attention_mask = left_pad([short, long], pad_token_id=0)
     with torch.inference_mode():
-        batch = scratch(input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        batch = scratch(input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask))
         alone = scratch(torch.tensor([short]))
     assert torch.allclose(batch[0, pad:], alone[0], atol=1e-5)
 
