@@ -130,6 +130,52 @@ def finished_ids(output: Path) -> set[str]:
     return ids
 
 
+# What planning makes of an input line: an item to decode, a finished error record, or None for
+# an id that --resume skips.
+Planned = BatchItem | dict[str, Any] | None
+
+
+def plan(
+    lines: Iterable[str], defaults: DecodingOptions, skip_ids: set[str] = frozenset()
+) -> Iterator[Planned]:
+    """Every non-blank input line, in order, checked without the model: bad lines and duplicate
+    ids become error records here, on the machine that reads the file."""
+    seen: set[str] = set()
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            item = parse_line(number, text, defaults)
+        except LineError as error:
+            yield error_record(number, error.item_id, str(error))
+            continue
+        if item.id in seen:
+            yield error_record(number, item.id, f"duplicate id {item.id!r}")
+            continue
+        seen.add(item.id)
+        yield None if item.id in skip_ids else item
+
+
+def decode_items(loaded: LoadedModel, items: list[BatchItem], job: BatchJob) -> dict[int, dict[str, Any]]:
+    """One record per item, by line number: items that share options are decoded together."""
+    records: dict[int, dict[str, Any]] = {}
+    groups: dict[DecodingOptions, list[BatchItem]] = {}
+    for item in items:
+        groups.setdefault(item.options, []).append(item)
+    for group in groups.values():
+        try:
+            for item, record in zip(group, decode_batch(loaded, group, job), strict=True):
+                records[item.line] = record
+        except GencliError:
+            # One bad prompt (too long, say) must not sink the others: retry them one by one.
+            for item in group:
+                try:
+                    records[item.line] = decode_batch(loaded, [item], job)[0]
+                except GencliError as error:
+                    records[item.line] = error_record(item.line, item.id, str(error))
+    return records
+
+
 def run_batch(
     loaded: LoadedModel,
     lines: Iterable[str],
@@ -137,49 +183,25 @@ def run_batch(
     skip_ids: set[str] = frozenset(),
     on_done: Callable[[int], None] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Yield one record per input line, in input order, a chunk of `job.batch_size` lines at a time."""
-    seen: set[str] = set()
-    chunk: list[tuple[int, str]] = []
-    for number, text in enumerate(lines, start=1):
-        if not text.strip():
-            continue
-        chunk.append((number, text))
-        if len(chunk) == job.batch_size:
-            yield from _run_chunk(loaded, chunk, job, skip_ids, seen, on_done)
-            chunk = []
-    if chunk:
-        yield from _run_chunk(loaded, chunk, job, skip_ids, seen, on_done)
+    """Yield one record per input line, in input order, decoding `job.batch_size` items at a time."""
+    pending: list[Planned] = []
+    for planned in plan(lines, job.defaults, skip_ids):
+        pending.append(planned)
+        if sum(isinstance(entry, BatchItem) for entry in pending) == job.batch_size:
+            yield from _flush(loaded, pending, job, on_done)
+            pending = []
+    yield from _flush(loaded, pending, job, on_done)
 
 
-def _run_chunk(loaded, chunk, job, skip_ids, seen, on_done) -> Iterator[dict[str, Any]]:
-    records: dict[int, dict[str, Any]] = {}
-    groups: dict[DecodingOptions, list[BatchItem]] = {}
-    for number, text in chunk:
-        try:
-            item = parse_line(number, text, job.defaults)
-        except LineError as error:
-            records[number] = error_record(number, error.item_id, str(error))
-            continue
-        if item.id in seen:
-            records[number] = error_record(number, item.id, f"duplicate id {item.id!r}")
-            continue
-        seen.add(item.id)
-        if item.id in skip_ids:
-            continue
-        groups.setdefault(item.options, []).append(item)
-    for items in groups.values():
-        try:
-            for item, record in zip(items, decode_batch(loaded, items, job), strict=True):
-                records[item.line] = record
-        except GencliError:
-            # One bad prompt (too long, say) must not sink the others: retry them one by one.
-            for item in items:
-                try:
-                    records[item.line] = decode_batch(loaded, [item], job)[0]
-                except GencliError as error:
-                    records[item.line] = error_record(item.line, item.id, str(error))
-    for number, _ in chunk:
-        if number in records:
-            yield records[number]
+def _flush(
+    loaded: LoadedModel, pending: list[Planned], job: BatchJob, on_done: Callable[[int], None] | None
+) -> Iterator[dict[str, Any]]:
+    items = [entry for entry in pending if isinstance(entry, BatchItem)]
+    decoded = decode_items(loaded, items, job) if items else {}
+    for entry in pending:
+        if isinstance(entry, BatchItem):
+            yield decoded[entry.line]
+        elif entry is not None:
+            yield entry
         if on_done:
             on_done(1)

@@ -106,3 +106,19 @@ def model_folder(name: str) -> Path:
             "bundled model, or download it once with network access (gencli pull MODEL)"
         )
     return download_model(name)
+
+
+def runnable_folder(name: str, fallback: bool = False) -> tuple[str, Path, str | None]:
+    """(the model to run, its local folder, a notice or None): `name`, or with `fallback` the
+    demo model standing in for a hub model that cannot be had, and the notice that says so.
+    Checked from config.json alone, before any weights are read."""
+    notice = None
+    try:
+        folder = model_folder(name)
+    except ModelUnavailable:
+        if not fallback:
+            raise
+        notice = fallback_notice(name)
+        name, folder = DEMO_MODEL, model_folder(DEMO_MODEL)
+    check_runnable(name, folder)
+    return name, folder, notice

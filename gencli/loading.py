@@ -14,12 +14,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers.generation.stopping_criteria import StopStringCriteria
 
 from gencli.catalog import (
-    DEMO_MODEL,
-    check_runnable,
     read_config,
 )
 from gencli.errors import GencliError
-from gencli.hub import ModelUnavailable, fallback_notice, model_folder, quiet_libraries
+from gencli.hub import quiet_libraries, runnable_folder
 from gencli.tokens import BUNDLED_TOKENIZER, load_tokenizer
 
 if TYPE_CHECKING:
@@ -123,15 +121,7 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", fallback: b
     """
     started = time.perf_counter()
     quiet_libraries()
-    try:
-        folder = model_folder(name)
-    except ModelUnavailable:
-        if not fallback:
-            raise
-        loaded = load_model(DEMO_MODEL, device, dtype)
-        loaded.notices.insert(0, fallback_notice(name))
-        return loaded
-    check_runnable(name, folder)
+    name, folder, notice = runnable_folder(name, fallback)
     torch_device = resolve_device(device)
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -152,6 +142,8 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", fallback: b
     loaded = LoadedModel(
         name=name, model=model, tokenizer=tokenizer, folder=folder, load_s=time.perf_counter() - started
     )
+    if notice:
+        loaded.notices.append(notice)
     if tokenizer.name_or_path == str(BUNDLED_TOKENIZER):
         loaded.notices.append(f"{folder} has no tokenizer files: using gencli's bundled GPT-2 tokenizer")
     return loaded

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from gencli.cli.edge import load_with_settings, notice, startup_status
+from gencli.cli.edge import load_with_settings, notice, resolve_with_checkpoint, startup_status
 from gencli.cli.options import (
     DECODING,
     DTYPE,
@@ -21,6 +21,7 @@ from gencli.cli.options import (
     with_options,
 )
 from gencli.errors import GencliError
+from gencli.settings import resolve
 
 
 @with_options(MODE, DECODING, MODEL, DTYPE, SOURCES)
@@ -44,6 +45,24 @@ def batch(
         bool, typer.Option(help="Skip ids that already have a result in --output, and append the rest.")
     ] = False,
     top_logprobs: TopLogprobsOption = None,
+    on_ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Run the job on Ray Data: a pool of workers, each loading the model once "
+            "(needs gencli[ray]). Starts a local Ray instance unless --ray-address names a cluster.",
+        ),
+    ] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ADDR",
+            help="The Ray cluster to run on: its head's host:port, or 'auto' for the one this machine "
+            "belongs to (implies --ray).",
+            show_default=False,
+        ),
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Ray workers (actors), each with its own model.")] = 1,
     flags: dict[str, Any] | None = None,
 ) -> None:
     """Generate for every prompt of a JSONL file, in batches; write JSONL results in input order.
@@ -70,19 +89,39 @@ def batch(
         raise GencliError(f"cannot read {input_path}: {problem}; check the path") from None
     lines = text.removeprefix("\ufeff").splitlines()  # a byte-order mark is not part of line 1
 
+    on_ray = on_ray or ray_address is not None
     with startup_status("starting") as step:
-        loaded, resolved = load_with_settings(layers, step)
+        if on_ray:
+            from gencli.hub import runnable_folder
+            from gencli.ray_batch import import_ray, run_batch_on_ray
+
+            step("importing Ray")
+            import_ray()
+            settings = resolve(layers).settings
+            name, folder, fallback = runnable_folder(settings.model, settings.fallback)
+            if fallback:
+                notice(fallback)
+            settings = resolve_with_checkpoint(layers, folder).settings
+        else:
+            loaded, resolved = load_with_settings(layers, step)
+            settings = resolved.settings
         from gencli import render
         from gencli.batch import BatchJob, finished_ids, run_batch
 
     skip = finished_ids(output) if resume and output.exists() else set()
     target = open(output, "a" if resume else "w", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
-    settings = resolved.settings
     job = BatchJob(settings.mode, settings.decoding, batch_size, top_logprobs)
     failures = 0
     try:
         with render.progress(sum(1 for line in lines if line.strip()), "prompts") as bar:
-            for record in run_batch(loaded, lines, job, skip, bar):
+            if on_ray:
+                model = (name, folder)
+                records = run_batch_on_ray(
+                    lines, job, model, settings.device, settings.dtype, workers, ray_address, skip, bar
+                )
+            else:
+                records = run_batch(loaded, lines, job, skip, bar)
+            for record in records:
                 failures += "error" in record
                 with bar.cleared(target):
                     target.write(render.json_line(record))

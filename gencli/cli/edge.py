@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -191,10 +192,15 @@ def load_with_settings(
     generation_config.json beneath them: only the loaded model tells which folder that is.
     Returns (loaded model, resolved settings)."""
     loaded = load(resolve(layers).settings, step, arch)
-    resolved = resolve(layers, loaded.folder)
+    return loaded, resolve_with_checkpoint(layers, loaded.folder)
+
+
+def resolve_with_checkpoint(layers: list[Layer], folder: Path | None) -> ResolvedSettings:
+    """The layers with the checkpoint's generation_config.json beneath them."""
+    resolved = resolve(layers, folder)
     if resolved.ignored_checkpoint_keys:
         notice(
             f"the checkpoint's generation_config.json sets {', '.join(resolved.ignored_checkpoint_keys)}, "
             "which gencli cannot run identically in every mode: ignored"
         )
-    return loaded, resolved
+    return resolved

@@ -25,19 +25,12 @@ from gencli.settings import Settings, check_prompt, resolve
 def _tokenizer(settings: Settings) -> tuple[Any, str]:
     """The tokenizer of the model the settings name, and that model's name (the demo model's when
     it stands in)."""
-    from gencli.catalog import DEMO_MODEL, bundled_model_dir, check_runnable
-    from gencli.hub import ModelUnavailable, fallback_notice, model_folder
+    from gencli.hub import runnable_folder
     from gencli.tokens import load_tokenizer
 
-    name = settings.model
-    try:
-        folder = model_folder(name)
-    except ModelUnavailable:
-        if not settings.fallback:
-            raise
-        notice(fallback_notice(name))
-        name, folder = DEMO_MODEL, bundled_model_dir()
-    check_runnable(name, folder)
+    name, folder, fallback = runnable_folder(settings.model, settings.fallback)
+    if fallback:
+        notice(fallback)
     return load_tokenizer(folder), name
 
 

@@ -1,0 +1,119 @@
+"""`gencli batch --ray`: the same records as the local run, on a local Ray instance shared by the
+tests of this module."""
+
+import builtins
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gencli.batch import BatchJob, run_batch
+from gencli.cli import app
+from gencli.settings import DecodingOptions
+
+ray = pytest.importorskip("ray")
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def jsonl(records):
+    return [json.dumps(record) for record in records]
+
+
+def test_records_equal_the_local_run_in_input_order(tiny, tiny_model_dir, ray_instance):
+    from gencli.ray_batch import run_batch_on_ray
+
+    lines = jsonl([{"id": f"p{i}", "prompt": "Prompt " * (i % 4 + 1) + str(i)} for i in range(9)])
+    lines[3] = "{not json"
+    lines.insert(5, json.dumps({"id": "p1", "prompt": "a duplicate id"}))
+    job = BatchJob("kv-cache", DecodingOptions(max_new_tokens=4), batch_size=2, top_logprobs=1)
+    local = list(run_batch(tiny, lines, job))
+    on_ray = list(run_batch_on_ray(lines, job, (tiny.name, tiny_model_dir), "cpu", "auto", workers=2))
+    assert on_ray == local
+    assert [r.get("id") for r in on_ray] == ["p0", "p1", "p2", None, "p4", "p1", "p5", "p6", "p7", "p8"]
+    assert "not valid JSON" in on_ray[3]["error"] and "duplicate id 'p1'" in on_ray[5]["error"]
+
+
+def test_resume_through_the_cli(tiny_model_dir, tmp_path, ray_instance):
+    source = tmp_path / "in.jsonl"
+    source.write_text(
+        "".join(line + "\n" for line in jsonl({"id": str(i), "prompt": f"P {i}"} for i in range(5)))
+    )
+    output = tmp_path / "out.jsonl"
+    argv = ["batch", str(source), "--model", str(tiny_model_dir), "-n", "3", "--output", str(output), "--ray"]
+    assert runner.invoke(app, argv).exit_code == 0
+    complete = output.read_text()
+    output.write_text("".join(complete.splitlines(keepends=True)[:2]))
+    result = runner.invoke(app, [*argv, "--resume", "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    assert output.read_text() == complete
+
+
+def ray_workers() -> list[int]:
+    """The pids of this machine's Ray Data actors (their process title names the map worker)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and b"MapWorker" in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_a_killed_worker_is_replaced_and_every_id_comes_out_once(tiny_model_dir, ray_instance):
+    from gencli.ray_batch import run_batch_on_ray
+
+    count = 40
+    lines = jsonl({"id": str(i), "prompt": f"Prompt number {i}"} for i in range(count))
+    job = BatchJob("kv-cache", DecodingOptions(max_new_tokens=24), batch_size=2)
+    records = []
+
+    def run():
+        records.extend(run_batch_on_ray(lines, job, ("tiny", tiny_model_dir), "cpu", "auto", workers=1))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while len(records) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    victims = ray_workers()
+    assert victims, "no Ray worker to kill"
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    written_before_the_kill = len(records)
+    thread.join(timeout=180)
+    assert not thread.is_alive()
+    assert 2 <= written_before_the_kill < count  # killed mid-job; a new worker finished it
+    assert [r["id"] for r in records] == [str(i) for i in range(count)]
+    assert all("error" not in r for r in records)
+
+
+def test_without_the_extra_the_message_says_how_to_install_it(tiny_model_dir, tmp_path, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"prompt": "Hi"}\n')
+    result = runner.invoke(app, ["batch", str(source), "--model", str(tiny_model_dir), "--ray"])
+    assert result.exit_code == 2
+    assert (
+        result.stderr == "gencli: error: --ray needs Ray Data, an optional extra: pip install 'gencli[ray]'\n"
+    )
