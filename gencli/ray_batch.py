@@ -120,7 +120,8 @@ def run_batch_on_ray(
             },
             batch_size=job.batch_size,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=workers),
+            # No more actors than batches: an idle one would only load the model.
+            compute=ray.data.ActorPoolStrategy(size=min(workers, -(-len(items) // job.batch_size))),
             num_cpus=1,
         )
         results = iter(results.iter_rows())
