@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -39,13 +40,45 @@ def measure_read_bandwidth(device: torch.device, megabytes: int = 256, repeats: 
     return buffer.nbytes / statistics.median(timings[1:])
 
 
+def measure_gemv_bandwidth(device: torch.device, megabytes: int = 256, repeats: int = 7) -> float:
+    """Bytes per second a one-row product (a decode step's shape) reads a float32 weight at, through
+    the same one-row path the kv-cache and scratch modes take: the roofline a GEMV can reach here."""
+    from gencli.gemv import Projection
+
+    width = 4096
+    weight = torch.ones(width, megabytes * 2**20 // 4 // width, dtype=torch.float32, device=device)
+    projection, x = Projection(weight, layout="in_out"), torch.ones(1, width, device=device)
+    timings = []
+    with torch.inference_mode():
+        for _ in range(repeats + 1):
+            _synchronize(device)
+            started = time.perf_counter()
+            projection(x)
+            _synchronize(device)
+            timings.append(time.perf_counter() - started)
+    return weight.nbytes / statistics.median(timings[1:])
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
 def weight_bytes(loaded: LoadedModel) -> int:
-    return sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+    """The weight bytes one decode step reads: every projection (int8 ones as stored) and the LM
+    head; the embedding tables only through a head tied to them (a lookup reads one row)."""
+    model = loaded.model
+    tables = {id(model.transformer.wte.weight), id(model.transformer.wpe.weight)}
+    tensors = {
+        id(tensor): tensor
+        for tensor in (*model.parameters(), *model.buffers())
+        if tensor.is_floating_point() or tensor.dtype == torch.int8
+    }
+    read = sum(tensor.nbytes for key, tensor in tensors.items() if key not in tables)
+    head = getattr(model.lm_head, "weight", None)
+    if head is not None and id(head) in tables:
+        read += head.nbytes
+    return read
 
 
 def _release_free_memory() -> None:
@@ -122,25 +155,38 @@ class BenchRow:
 class BenchReport:
     model: str
     device: str
-    dtype: str
+    weights: str  # the dtype, and +int8 where the projections are int8
     threads: int
-    weight_bytes: int
+    weight_bytes: int  # read by one decode step
     # Measured before every round of runs: the machine's bandwidth drifts with its neighbours' load
-    # (26 to 47 GB/s between runs here), so the roofline is the median over the whole run.
+    # (26 to 47 GB/s between runs here), so each roofline is the median over the whole run. Two
+    # rooflines: a plain read (a sum over a buffer), and a one-row product over a float32 weight
+    # of the same size, the shape a decode step reads its weights in.
     read_bandwidth_samples: list[float]
+    gemv_bandwidth_samples: list[float]
     headline: list[BenchRow] = field(default_factory=list)
     sweep: list[BenchRow] = field(default_factory=list)
-    # The headline again, in another dtype: same weights, same run, same read bandwidth.
-    other_dtype: BenchReport | None = None
+    # The headline again with the same weights stored otherwise (bfloat16, int8), in the same run.
+    variants: list[BenchReport] = field(default_factory=list)
     # Ctrl-C (or SIGTERM) stopped the run: the rows are the cells measured before it.
     interrupted: bool = False
+    machine_load: tuple[float, float, float] | None = None  # the 1, 5 and 15-minute load averages
 
     @property
     def read_bandwidth_bytes_per_s(self) -> float | None:
         return statistics.median(self.read_bandwidth_samples) if self.read_bandwidth_samples else None
 
+    @property
+    def gemv_bandwidth_bytes_per_s(self) -> float | None:
+        return statistics.median(self.gemv_bandwidth_samples) if self.gemv_bandwidth_samples else None
+
     def bandwidth_fraction(self, row: BenchRow) -> float:
+        """Weight bytes x tokens/s as a share of the plain-read roofline."""
         return self.weight_bytes * row.decode_tokens_per_s / self.read_bandwidth_bytes_per_s
+
+    def gemv_fraction(self, row: BenchRow) -> float:
+        """The same against the one-row-product roofline."""
+        return self.weight_bytes * row.decode_tokens_per_s / self.gemv_bandwidth_bytes_per_s
 
     def row(self, rows: list[BenchRow], mode: str, total_tokens: int | None = None) -> BenchRow | None:
         return next(
@@ -156,35 +202,48 @@ class BenchReport:
             ratios["kv_cache_vs_generate"] = kv.decode_tokens_per_s / generate.decode_tokens_per_s
         if kv:
             ratios["kv_cache_bandwidth_fraction"] = self.bandwidth_fraction(kv)
+            ratios["kv_cache_gemv_fraction"] = self.gemv_fraction(kv)
         longest = max((r.total_tokens for r in self.sweep), default=None)
         cached, uncached = self.row(self.sweep, "kv-cache", longest), self.row(self.sweep, "greedy", longest)
         if cached and uncached:
             ratios[f"cache_vs_no_cache_at_{longest}"] = (
                 cached.decode_tokens_per_s / uncached.decode_tokens_per_s
             )
-        if self.other_dtype is not None:
-            for other in self.other_dtype.headline:
+        for variant in self.variants:
+            for other in variant.headline:
                 ours = self.row(self.headline, other.mode)
                 if ours:
-                    name = f"{other.mode.replace('-', '_')}_{self.other_dtype.dtype}_vs_{self.dtype}"
+                    name = f"{other.mode}_{variant.weights}_vs_{self.weights}".replace("-", "_").replace(
+                        "+", "_"
+                    )
                     ratios[name] = other.decode_tokens_per_s / ours.decode_tokens_per_s
         return ratios
 
     def to_dict(self) -> dict[str, Any]:
         def rows(items: list[BenchRow]) -> list[dict[str, Any]]:
-            return [{**r.to_dict(), "bandwidth_fraction": self.bandwidth_fraction(r)} for r in items]
+            return [
+                {
+                    **r.to_dict(),
+                    "bandwidth_fraction": self.bandwidth_fraction(r),
+                    "gemv_fraction": self.gemv_fraction(r),
+                }
+                for r in items
+            ]
 
         return {
             "model": self.model,
             "device": self.device,
-            "dtype": self.dtype,
+            "weights": self.weights,
             "threads": self.threads,
+            "machine_load": self.machine_load,
             "weight_bytes": self.weight_bytes,
             "read_bandwidth_bytes_per_s": self.read_bandwidth_bytes_per_s,
             "read_bandwidth_samples": self.read_bandwidth_samples,
+            "gemv_bandwidth_bytes_per_s": self.gemv_bandwidth_bytes_per_s,
+            "gemv_bandwidth_samples": self.gemv_bandwidth_samples,
             "headline": rows(self.headline),
             "sweep": rows(self.sweep),
-            "other_dtype": self.other_dtype.to_dict() if self.other_dtype else None,
+            "variants": [variant.to_dict() for variant in self.variants],
             "ratios": self.ratios(),
             "interrupted": self.interrupted,
         }
@@ -222,9 +281,9 @@ def bench_prompt(loaded: LoadedModel, length: int, seed: int = 0) -> list[int]:
     return torch.randint(0, loaded.model.config.vocab_size, (length,), generator=generator).tolist()
 
 
-def count_runs(modes: tuple[str, ...], lengths: tuple[int, ...], repeats: int, other_dtype: bool) -> int:
+def count_runs(modes: tuple[str, ...], lengths: tuple[int, ...], repeats: int, variants: int) -> int:
     """Measured runs a `run_bench` call makes, for its progress bar."""
-    return len(modes) * repeats * (len(lengths) + 1 + other_dtype)
+    return len(modes) * repeats * (len(lengths) + 1 + variants)
 
 
 def run_bench(
@@ -237,20 +296,22 @@ def run_bench(
     repeats: int = 3,
     warmup: int = 1,
     on_progress: Callable[[int, str], None] | None = None,
-    other_dtype: LoadedModel | None = None,
+    variants: tuple[LoadedModel, ...] = (),
 ) -> BenchReport:
     """Headline: every mode, `prompt_tokens` + `new_tokens`. Sweep: every mode at each total
-    length, decoding the last `sweep_new_tokens` of it. `other_dtype`: the same model in another
-    dtype, whose headline runs alongside. `on_progress(runs done, what runs now)`.
+    length, decoding the last `sweep_new_tokens` of it. `variants`: the same model with its
+    weights stored otherwise (another dtype, int8), whose headlines run alongside.
+    `on_progress(runs done, what runs now)`.
 
     Within a cell the repeats take turns across modes (and dtypes), so a change in the machine's
     load mid-cell slows them all alike and the ratios between them hold."""
-    bandwidth_samples: list[float] = []
-    report = _empty_report(loaded, bandwidth_samples)
+    read_samples: list[float] = []
+    gemv_samples: list[float] = []
+    report = _empty_report(loaded, read_samples, gemv_samples)
     headline: list[tuple[LoadedModel, list[BenchRow]]] = [(loaded, report.headline)]
-    if other_dtype is not None:
-        report.other_dtype = _empty_report(other_dtype, bandwidth_samples)
-        headline.append((other_dtype, report.other_dtype.headline))
+    for variant in variants:
+        report.variants.append(_empty_report(variant, read_samples, gemv_samples))
+        headline.append((variant, report.variants[-1].headline))
 
     def measure(subjects: list[tuple[LoadedModel, list[BenchRow]]], prompt_length: int, count: int) -> None:
         options = DecodingOptions(max_new_tokens=count, ignore_eos=True)
@@ -267,7 +328,8 @@ def run_bench(
         runs: list[list[GenerationResult]] = [[] for _ in cells]
         peaks: list[list[int | None]] = [[] for _ in cells]
         for _ in range(repeats):
-            bandwidth_samples.append(measure_read_bandwidth(loaded.device))
+            read_samples.append(measure_read_bandwidth(loaded.device))
+            gemv_samples.append(measure_gemv_bandwidth(loaded.device))
             for index, (subject, _, mode, prompt) in enumerate(cells):
                 if on_progress:
                     on_progress(0, f"{mode}: {prompt_length} + {count} tokens")
@@ -288,12 +350,14 @@ def run_bench(
     return report
 
 
-def _empty_report(loaded: LoadedModel, read_bandwidth_samples: list[float]) -> BenchReport:
+def _empty_report(loaded: LoadedModel, read_samples: list[float], gemv_samples: list[float]) -> BenchReport:
     return BenchReport(
         model=loaded.name,
         device=str(loaded.device),
-        dtype=str(loaded.dtype).removeprefix("torch."),
+        weights=loaded.weights,
         threads=torch.get_num_threads(),
         weight_bytes=weight_bytes(loaded),
-        read_bandwidth_samples=read_bandwidth_samples,
+        read_bandwidth_samples=read_samples,
+        gemv_bandwidth_samples=gemv_samples,
+        machine_load=os.getloadavg() if hasattr(os, "getloadavg") else None,
     )

@@ -85,6 +85,18 @@ class Projection(nn.Module):
         return product.view(*x.shape[:-1], -1)
 
 
+def fast_projection(module: nn.Module) -> nn.Module:
+    """`module`, a transformers `Conv1D` or an `nn.Linear`, as the equivalent `Projection`; any other
+    projection (an int8 one, whose kernel is its fast path) as it is."""
+    from transformers.pytorch_utils import Conv1D
+
+    if isinstance(module, Conv1D):
+        return Projection(module.weight, module.bias, layout="in_out")
+    if isinstance(module, nn.Linear):
+        return Projection(module.weight, module.bias, layout="out_in")
+    return module
+
+
 def with_fast_one_row_projections(module: nn.Module) -> nn.Module:
     """A copy of `module` that shares its parameters, with every transformers `Conv1D` replaced by an
     equivalent `Projection`. Products of more than one row compute exactly what `Conv1D` does."""
@@ -95,5 +107,5 @@ def with_fast_one_row_projections(module: nn.Module) -> nn.Module:
     for parent in list(twin.modules()):
         for name, child in parent.named_children():
             if isinstance(child, Conv1D):
-                setattr(parent, name, Projection(child.weight, child.bias, layout="in_out"))
+                setattr(parent, name, fast_projection(child))
     return twin

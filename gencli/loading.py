@@ -18,6 +18,8 @@ from gencli.catalog import (
 )
 from gencli.errors import GencliError
 from gencli.hub import quiet_libraries, runnable_folder
+from gencli.quantize import quantize_model
+from gencli.settings import Quantization
 from gencli.tokens import BUNDLED_TOKENIZER, load_tokenizer
 
 if TYPE_CHECKING:
@@ -33,6 +35,7 @@ class LoadedModel:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     folder: Path | None = None  # where it was loaded from; None for random weights
+    quantization: Quantization = "none"
     load_s: float | None = None  # seconds to load it (imports excluded)
     # What the user should hear about how it was loaded: the demo model standing in, the bundled
     # tokenizer standing in.
@@ -79,6 +82,12 @@ class LoadedModel:
         return self.model.dtype
 
     @property
+    def weights(self) -> str:
+        """How the weights are stored: the dtype, and int8 where the projections are."""
+        dtype = str(self.dtype).removeprefix("torch.")
+        return dtype if self.quantization == "none" else f"{dtype}+{self.quantization}"
+
+    @property
     def context_length(self) -> int:
         return self.model.config.n_positions
 
@@ -113,11 +122,17 @@ def resolve_dtype(name: str, folder: Path | None = None) -> torch.dtype:
     return _DTYPES.get(config.get("dtype") or config.get("torch_dtype"), torch.float32)
 
 
-def load_model(name: str, device: str = "auto", dtype: str = "auto", fallback: bool = False) -> LoadedModel:
+def load_model(
+    name: str,
+    device: str = "auto",
+    dtype: str = "auto",
+    fallback: bool = False,
+    quantize: Quantization = "none",
+) -> LoadedModel:
     """Load `name`: `demo`, a local folder, or a hub id, ready for inference.
 
     With `fallback`, a hub model that cannot be had (not cached, hub unreachable) is replaced by
-    the bundled demo model, and a notice says so.
+    the bundled demo model, and a notice says so. `quantize="int8"`: weight-only int8 projections.
     """
     started = time.perf_counter()
     quiet_libraries()
@@ -138,9 +153,15 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", fallback: b
             "download or save them again"
         ) from None
     model.to(torch_device).eval()
+    quantize_model(model, quantize)
     tokenizer = load_tokenizer(folder, model.config.vocab_size)
     loaded = LoadedModel(
-        name=name, model=model, tokenizer=tokenizer, folder=folder, load_s=time.perf_counter() - started
+        name=name,
+        model=model,
+        tokenizer=tokenizer,
+        folder=folder,
+        quantization=quantize,
+        load_s=time.perf_counter() - started,
     )
     if notice:
         loaded.notices.append(notice)
@@ -153,7 +174,11 @@ ARCHITECTURES = {"gpt2": "GPT-2 124M: 12 layers, 12 heads, 768 wide, 50,257 toke
 
 
 def random_model(
-    architecture: str = "gpt2", device: str = "auto", dtype: str = "auto", seed: int = 0
+    architecture: str = "gpt2",
+    device: str = "auto",
+    dtype: str = "auto",
+    seed: int = 0,
+    quantize: Quantization = "none",
 ) -> LoadedModel:
     """A model of a real architecture with seeded random weights: it costs what the real one does."""
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -164,7 +189,11 @@ def random_model(
     torch_device = resolve_device(device)
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(GPT2Config()).to(device=torch_device, dtype=resolve_dtype(dtype))
+    quantize_model(model.eval(), quantize)
     tokenizer = AutoTokenizer.from_pretrained(str(BUNDLED_TOKENIZER))
     return LoadedModel(
-        name=f"{architecture} architecture, random weights", model=model.eval(), tokenizer=tokenizer
+        name=f"{architecture} architecture, random weights",
+        model=model.eval(),
+        tokenizer=tokenizer,
+        quantization=quantize,
     )

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import statistics
 import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -574,7 +576,7 @@ def _bench_table(title: str, report: BenchReport, rows: list[BenchRow]) -> Table
     table = Table(
         title=title, title_justify="left", caption="times in ms, peak memory in MiB", caption_justify="left"
     )
-    for column in ("mode", "tokens", "prefill", "TTFT", "tok/s", "p50", "p95", "peak", "BW"):
+    for column in ("mode", "tokens", "prefill", "TTFT", "tok/s", "p50", "p95", "peak", "BW", "GEMV"):
         table.add_column(column, justify="left" if column == "mode" else "right", no_wrap=True)
     for row in rows:
         table.add_row(
@@ -587,32 +589,44 @@ def _bench_table(title: str, report: BenchReport, rows: list[BenchRow]) -> Table
             f"{row.latency_p95_ms:.1f}",
             "n/a" if row.peak_memory_bytes is None else f"{row.peak_memory_bytes / 2**20:.1f}",
             f"{report.bandwidth_fraction(row):.0%}",
+            f"{report.gemv_fraction(row):.0%}",
         )
     return table
 
 
 def print_bench(report: BenchReport, console: Console) -> None:
-    samples = [sample / 1e9 for sample in report.read_bandwidth_samples]
     if report.interrupted:
         console.print(f"Interrupted: the {len(report.headline) + len(report.sweep)} rows measured before it.")
-    if not samples:
+    if not report.read_bandwidth_samples:
         return
+    load = "" if report.machine_load is None else f" · load average {report.machine_load[0]:.2f}"
+    plural = "" if report.threads == 1 else "s"
+    wait_policy = os.environ.get("OMP_WAIT_POLICY", "unset")
+    threads = f"{report.threads} thread{plural} (OMP_WAIT_POLICY {wait_policy})"
     console.print(
-        f"{report.model} · {report.device} {report.dtype} · {report.threads} threads · "
-        f"weights {_human_bytes(report.weight_bytes)} · measured read bandwidth "
-        f"{report.read_bandwidth_bytes_per_s / 1e9:.1f} GB/s "
-        f"(median of {len(samples)}, one before each round of runs: {min(samples):.1f}-{max(samples):.1f})",
+        f"{report.model} · {report.device} {report.weights} · {threads}{load} · "
+        f"weights read per token {_human_bytes(report.weight_bytes)}",
         soft_wrap=True,
     )
-    console.print(_bench_table("Headline run (medians)", report, report.headline))
+    for name, samples in (
+        ("plain read", report.read_bandwidth_samples),
+        ("one-row product (GEMV)", report.gemv_bandwidth_samples),
+    ):
+        values = [sample / 1e9 for sample in samples]
+        console.print(
+            f"roofline, {name}: {statistics.median(values):.1f} GB/s (median of {len(values)}, one before "
+            f"each round of runs: {min(values):.1f}-{max(values):.1f})",
+            soft_wrap=True,
+        )
+    console.print(_bench_table(f"Headline run, {report.weights} (medians)", report, report.headline))
     if report.sweep:
         console.print(_bench_table("By total length (medians)", report, report.sweep))
-    if report.other_dtype:
-        title = f"Headline run in {report.other_dtype.dtype} (medians)"
-        console.print(_bench_table(title, report.other_dtype, report.other_dtype.headline))
+    for variant in report.variants:
+        title = f"Headline run, {variant.weights} (medians)"
+        console.print(_bench_table(title, variant, variant.headline))
     console.print(
-        "tok/s: decode tokens/s; BW: weight bytes x tok/s as a share of the measured read bandwidth; "
-        "peak MiB: memory above the level before the runs",
+        "tok/s: decode tokens/s; BW and GEMV: weight bytes read per token x tok/s as a share of the "
+        "plain-read and the one-row-product roofline; peak MiB: memory above the level before the runs",
         soft_wrap=True,
     )
     for name, value in report.ratios().items():
@@ -631,7 +645,7 @@ def save_bench_plot(report: BenchReport, path: str) -> None:
     axes.set_yscale("log")
     axes.set_xlabel("total tokens (prompt + new)")
     axes.set_ylabel("decode tokens/s")
-    axes.set_title(f"{report.model}, {report.device} {report.dtype}")
+    axes.set_title(f"{report.model}, {report.device} {report.weights}")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend()
     _save(figure, pyplot, path, "--plot")

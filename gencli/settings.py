@@ -31,6 +31,7 @@ from gencli.errors import GencliError
 Mode = Literal["generate", "greedy", "kv-cache", "scratch"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+Quantization = Literal["none", "int8"]
 MODES: tuple[str, ...] = get_args(Mode)
 # The modes that keep a KV cache (greedy re-runs the whole sequence every step).
 CACHED_MODES = ("generate", "kv-cache", "scratch")
@@ -175,6 +176,12 @@ class Settings(DecodingOptions):
         "auto",
         f"must be one of {', '.join(get_args(Dtype))}",
         "Weight dtype; auto is the checkpoint's own (as in Hugging Face), float32 when it names none.",
+    )
+    quantize: Quantization = _setting(
+        "none",
+        f"must be one of {', '.join(get_args(Quantization))}",
+        "int8: every projection's weights stored as int8 with a scale per output channel "
+        "(activations stay in dtype), a quarter of float32's bytes; none: as loaded.",
     )
     fallback: bool = _setting(
         True,

@@ -25,40 +25,61 @@ def test_bench_json_and_plot(tiny_model_dir, tmp_path):
     for row in report["headline"] + report["sweep"]:
         assert row["decode_tokens_per_s"] > 0 and row["latency_p95_ms"] >= row["latency_p50_ms"] > 0
         assert 0 < row["prefill_s"] <= row["ttft_s"]
-        assert row["bandwidth_fraction"] > 0
+        assert row["bandwidth_fraction"] > 0 and row["gemv_fraction"] > 0
     assert set(report["ratios"]) == {
         "kv_cache_vs_generate",
         "kv_cache_bandwidth_fraction",
+        "kv_cache_gemv_fraction",
         "cache_vs_no_cache_at_40",
     }
-    parameters = GPT2LMHeadModel.from_pretrained(tiny_model_dir).parameters()
-    assert report["weight_bytes"] == 4 * sum(p.numel() for p in parameters)
+    # A decode step reads every weight but the position table (one row of it); the token table
+    # is read whole, as the tied LM head.
+    model = GPT2LMHeadModel.from_pretrained(tiny_model_dir)
+    read = sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()
+    assert report["weight_bytes"] == 4 * read
+    assert len(report["gemv_bandwidth_samples"]) == 2 * 3 and report["gemv_bandwidth_bytes_per_s"] > 0
     assert plot.read_bytes()[:4] == b"\x89PNG"
     samples = report["read_bandwidth_samples"]
     assert len(samples) == 2 * 3 and report["read_bandwidth_bytes_per_s"] == statistics.median(samples)
 
 
-def test_compare_dtype_runs_the_headline_again_in_that_dtype(tiny_model_dir):
+def test_compare_runs_the_headline_again_with_the_weights_stored_otherwise(tiny_model_dir):
     args = ["bench", "--model", str(tiny_model_dir), *SMALL, "--modes", "generate", "--modes", "kv-cache"]
-    result = runner.invoke(app, [*args, "--repeats", "1", "--compare-dtype", "bfloat16", "--json"])
+    compare = ["--compare", "bfloat16", "--compare", "int8"]
+    result = runner.invoke(app, [*args, "--repeats", "1", *compare, "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    other = report["other_dtype"]
-    assert report["dtype"] == "float32" and other["dtype"] == "bfloat16"
-    assert other["weight_bytes"] * 2 == report["weight_bytes"]
-    assert other["read_bandwidth_bytes_per_s"] == report["read_bandwidth_bytes_per_s"]
-    assert [row["mode"] for row in other["headline"]] == ["generate", "kv-cache"] and other["sweep"] == []
-    for mode, key in (("generate", "generate"), ("kv-cache", "kv_cache")):
-        ours = next(r for r in report["headline"] if r["mode"] == mode)["decode_tokens_per_s"]
-        theirs = next(r for r in other["headline"] if r["mode"] == mode)["decode_tokens_per_s"]
-        assert report["ratios"][f"{key}_bfloat16_vs_float32"] == pytest.approx(theirs / ours)
-    table = runner.invoke(app, [*args, "--repeats", "1", "--warmup", "0", "--compare-dtype", "bfloat16"])
-    assert "Headline run in bfloat16" in table.stdout and "kv cache bfloat16 vs float32" in table.stdout
+    bfloat16, int8 = report["variants"]
+    assert (report["weights"], bfloat16["weights"], int8["weights"]) == (
+        "float32",
+        "bfloat16",
+        "float32+int8",
+    )
+    assert bfloat16["weight_bytes"] * 2 == report["weight_bytes"]
+    assert int8["weight_bytes"] < report["weight_bytes"] / 3  # int8 projections and head, float32 scales
+    assert int8["read_bandwidth_bytes_per_s"] == report["read_bandwidth_bytes_per_s"]
+    assert [row["mode"] for row in int8["headline"]] == ["generate", "kv-cache"] and int8["sweep"] == []
+    for variant, label in ((bfloat16, "bfloat16"), (int8, "float32_int8")):
+        for mode, key in (("generate", "generate"), ("kv-cache", "kv_cache")):
+            ours = next(r for r in report["headline"] if r["mode"] == mode)["decode_tokens_per_s"]
+            theirs = next(r for r in variant["headline"] if r["mode"] == mode)["decode_tokens_per_s"]
+            assert report["ratios"][f"{key}_{label}_vs_float32"] == pytest.approx(theirs / ours)
+    table = runner.invoke(app, [*args, "--repeats", "1", "--warmup", "0", "--compare", "bfloat16+int8"])
+    assert (
+        "Headline run, bfloat16+int8" in table.stdout and "kv cache bfloat16 int8 vs float32" in table.stdout
+    )
 
 
-def test_compare_dtype_must_differ(tiny_model_dir):
-    result = runner.invoke(app, ["bench", "--model", str(tiny_model_dir), "--compare-dtype", "float32"])
-    assert result.exit_code == 2 and "is what --dtype runs already" in result.stderr
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("float32", "--compare float32 runs float32, which this bench runs already"),
+        ("int4", "--compare takes a dtype, int8 or DTYPE+int8 (bfloat16+int8), got 'int4'"),
+    ],
+)
+def test_compare_must_name_other_weights(tiny_model_dir, spec, message):
+    result = runner.invoke(app, ["bench", "--model", str(tiny_model_dir), "--compare", spec])
+    assert result.exit_code == 2 and result.stderr == f"gencli: error: {message}\n"
 
 
 def test_bench_table_and_arch(tiny_model_dir):
@@ -66,8 +87,10 @@ def test_bench_table_and_arch(tiny_model_dir):
     result = runner.invoke(app, [*args, "--new-tokens", "2", "--sweep-new-tokens", "2", "--repeats", "1"])
     assert result.exit_code == 0, result.output
     assert "gpt2 architecture, random weights" in result.stdout and "Headline run" in result.stdout
-    assert "measured read bandwidth" in result.stdout
+    assert "roofline, plain read: " in result.stdout and "roofline, one-row product (GEMV): " in result.stdout
     assert "(median of 2, one before each round of runs" in result.stdout
+    assert " thread" in result.stdout and "(OMP_WAIT_POLICY " in result.stdout
+    assert "load average" in result.stdout
     assert "[transformers]" not in result.stderr
 
 

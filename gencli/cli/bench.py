@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 
@@ -20,7 +20,7 @@ from gencli.cli.options import (
     with_options,
 )
 from gencli.errors import GencliError
-from gencli.settings import Dtype, resolve
+from gencli.settings import Dtype, Quantization, resolve
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -31,6 +31,16 @@ def _int_list(text: str) -> tuple[int, ...]:
     if not values or min(values) < 1:
         raise GencliError(f"--lengths must be positive integers, got {text!r}")
     return values
+
+
+def _weights(spec: str) -> dict[str, str]:
+    """`--compare` WEIGHTS -> the settings it changes: DTYPE, int8, or DTYPE+int8."""
+    dtype, _, quantize = spec.partition("+") if "+" in spec else ("", "", spec)
+    if spec in get_args(Dtype):
+        return {"dtype": spec, "quantize": "none"}
+    if quantize in get_args(Quantization) and quantize != "none" and (not dtype or dtype in get_args(Dtype)):
+        return {"dtype": dtype or "auto", "quantize": quantize}
+    raise GencliError(f"--compare takes a dtype, int8 or DTYPE+int8 (bfloat16+int8), got {spec!r}")
 
 
 @with_options(MODEL, DTYPE, SOURCES)
@@ -45,12 +55,15 @@ def bench(
     sweep_new_tokens: Annotated[int, typer.Option(help="New tokens at each sweep length.")] = 16,
     repeats: Annotated[int, typer.Option(help="Measured runs per cell; medians are reported.")] = 3,
     warmup: Annotated[int, typer.Option(help="Unmeasured runs before each cell.")] = 1,
-    compare_dtype: Annotated[
-        Dtype | None,
+    compare: Annotated[
+        list[str] | None,
         typer.Option(
-            help="Also run the headline in this dtype, from the same weights, and report each "
-            "mode's decode speed-up over --dtype.",
-            metavar="DTYPE",
+            "--compare",
+            help="Also run the headline with the weights stored otherwise, from the same weights, and "
+            "report each mode's decode speed-up: a dtype (bfloat16), int8 (int8 projections, "
+            "activations in --dtype) or both (bfloat16+int8). Repeatable.",
+            metavar="WEIGHTS",
+            show_default=False,
         ),
     ] = None,
     plot: Annotated[
@@ -82,19 +95,21 @@ def bench(
         loaded = load(settings, step, arch)
         if max(sweep) > loaded.context_length or prompt_tokens + new_tokens > loaded.context_length:
             raise GencliError(f"lengths must fit the model's context of {loaded.context_length} tokens")
-        other = None
-        if compare_dtype is not None:
-            from gencli.loading import resolve_dtype
-
-            if resolve_dtype(compare_dtype, loaded.folder) == loaded.dtype:
+        variants = []
+        for spec in compare or []:
+            variant = settings.model_copy(update=_weights(spec))
+            if variant.dtype == "auto":
+                variant = variant.model_copy(update={"dtype": settings.dtype})
+            loaded_variant = load(variant, step, arch)
+            if loaded_variant.weights in [loaded.weights, *(other.weights for other in variants)]:
                 raise GencliError(
-                    f"--compare-dtype {compare_dtype} is what --dtype runs already; pick another"
+                    f"--compare {spec} runs {loaded_variant.weights}, which this bench runs already"
                 )
-            other = load(settings.model_copy(update={"dtype": compare_dtype}), step, arch)
+            variants.append(loaded_variant)
         from gencli import render
         from gencli.bench import count_runs, run_bench
 
-    with render.progress(count_runs(chosen, sweep, repeats, other is not None), "bench") as advance:
+    with render.progress(count_runs(chosen, sweep, repeats, len(variants)), "bench") as advance:
         report = run_bench(
             loaded,
             chosen,
@@ -105,7 +120,7 @@ def bench(
             repeats,
             warmup,
             on_progress=advance,
-            other_dtype=other,
+            variants=tuple(variants),
         )
     if as_json:
         render.print_json(report.to_dict())

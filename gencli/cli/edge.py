@@ -177,9 +177,9 @@ def load(settings: Settings, step: Callable[[str], None], arch: str | None = Non
 
     if arch is not None:
         step(f"building {arch} with random weights")
-        return random_model(arch, settings.device, settings.dtype)
+        return random_model(arch, settings.device, settings.dtype, quantize=settings.quantize)
     step(f"loading model {settings.model}")
-    loaded = load_model(settings.model, settings.device, settings.dtype, settings.fallback)
+    loaded = load_model(settings.model, settings.device, settings.dtype, settings.fallback, settings.quantize)
     for message in loaded.notices:
         notice(message)
     return loaded

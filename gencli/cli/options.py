@@ -25,6 +25,7 @@ from gencli.settings import (
     Dtype,
     Layer,
     Mode,
+    Quantization,
     check_values,
     default_value,
     gather_layers,
@@ -81,7 +82,7 @@ MODEL: OptionSet = (
     _setting(Device, "device"),
     _setting(bool, "fallback", "--fallback/--no-fallback"),
 )
-DTYPE: OptionSet = (_setting(Dtype, "dtype"),)
+DTYPE: OptionSet = (_setting(Dtype, "dtype"), _setting(Quantization, "quantize"))
 MODE: OptionSet = (_setting(Mode, "mode"),)
 DECODING: OptionSet = (
     _setting(int, "max_new_tokens", "--max-new-tokens", "-n"),

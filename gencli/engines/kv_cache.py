@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import StaticCache
 
 from gencli.engines.base import CachedStepEngine
-from gencli.gemv import Projection, with_fast_one_row_projections
+from gencli.gemv import fast_projection, with_fast_one_row_projections
 
 
 class KVCacheEngine(CachedStepEngine):
@@ -27,7 +27,7 @@ class KVCacheEngine(CachedStepEngine):
     def __init__(self, model: PreTrainedModel):
         super().__init__(model)
         self.transformer = with_fast_one_row_projections(model.transformer)
-        self.lm_head = Projection(model.lm_head.weight, model.lm_head.bias, layout="out_in")
+        self.lm_head = fast_projection(model.lm_head)
 
     @property
     def forward_module(self) -> torch.nn.Module:

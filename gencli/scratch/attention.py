@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from gencli.quantize import Int8Projection
+
 
 def scaled_dot_product_attention(
     query: torch.Tensor,
@@ -167,6 +169,14 @@ class MultiHeadSelfAttention(nn.Module):
             dropout=hf_attention.attn_dropout.p,
             scale=hf_attention.scaling,
         )
+        if isinstance(hf_attention.c_attn, Int8Projection):
+            # Int8 rows split as they are: the same int8 values and scales, no float detour.
+            fused = hf_attention.c_attn
+            attention.query, attention.key, attention.value = (
+                fused.rows(start, start + n_embd) for start in (0, n_embd, 2 * n_embd)
+            )
+            attention.output = hf_attention.c_proj
+            return attention.to(device=fused.scales.device, dtype=fused.scales.dtype).eval()
         weights = hf_attention.c_attn.weight.detach().split(n_embd, dim=1)
         biases = hf_attention.c_attn.bias.detach().split(n_embd, dim=0)
         with torch.no_grad():

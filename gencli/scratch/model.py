@@ -16,6 +16,7 @@ from torch import nn
 
 from gencli.errors import GencliError
 from gencli.gemv import Projection
+from gencli.quantize import Int8Projection
 from gencli.scratch.attention import KVCache, MultiHeadSelfAttention
 
 
@@ -124,6 +125,8 @@ class ScratchGPT2(nn.Module):
             None if config.tied_head else nn.Parameter(torch.empty(config.vocab_size, config.n_embd))
         )
         self._head: Projection | None = None
+        # An int8 LM head (gencli.quantize), used in place of the embedding's weight.
+        self.quantized_head: nn.Module | None = None
 
     def new_cache(self, batch: int, max_length: int) -> ScratchCache:
         weight = self.wte.weight
@@ -159,6 +162,8 @@ class ScratchGPT2(nn.Module):
         The product is a `gencli.gemv.Projection`, whose one-row path (a decode step) streams the
         embedding at memory bandwidth. It is made once, and again when `wte.weight` is replaced
         (this is an inference model: its weights are not edited in place)."""
+        if self.quantized_head is not None:
+            return self.quantized_head(hidden)
         weight = self.wte.weight if self.head_weight is None else self.head_weight
         if self._head is None or self._head.weight.data_ptr() != weight.data_ptr():
             self._head = Projection(weight, layout="out_in")
@@ -197,9 +202,14 @@ class ScratchGPT2(nn.Module):
                 block.ln_1.load_state_dict(hf_block.ln_1.state_dict())
                 block.ln_2.load_state_dict(hf_block.ln_2.state_dict())
                 block.attention = MultiHeadSelfAttention.from_hf(hf_block.attn)
+                if isinstance(hf_block.mlp.c_fc, Int8Projection):  # shared as they are
+                    block.mlp.expand, block.mlp.contract = hf_block.mlp.c_fc, hf_block.mlp.c_proj
+                    continue
                 # Conv1D weights are [in, out]; nn.Linear wants [out, in].
                 block.mlp.expand.weight.copy_(hf_block.mlp.c_fc.weight.t())
                 block.mlp.expand.bias.copy_(hf_block.mlp.c_fc.bias)
                 block.mlp.contract.weight.copy_(hf_block.mlp.c_proj.weight.t())
                 block.mlp.contract.bias.copy_(hf_block.mlp.c_proj.bias)
+        if isinstance(hf_model.lm_head, Int8Projection):
+            model.quantized_head = hf_model.lm_head
         return model.eval()

@@ -1,0 +1,76 @@
+"""Weight-only int8: every projection's weights stored as int8 with one float scale per output
+channel; activations stay in the model's dtype.
+
+    W[o, :] ≈ scale[o] · Q[o, :],   scale[o] = max|W[o, :]| / 127,   Q = round(W / scale) in [-127, 127]
+
+so x · Wᵀ = (x · Qᵀ) · scale. On CPU the product is PyTorch's own int8 weight-only kernel,
+`aten._weight_int8pack_mm` (the one gpt-fast uses), which reads a quarter of float32's bytes per
+decode step; elsewhere, or where that kernel is missing, the weights are dequantized for an
+ordinary product. Every mode runs on the same `Int8Projection` modules, so they agree with each
+other as they do in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gencli.settings import Quantization
+
+
+def _int8_kernel_available() -> bool:
+    return hasattr(torch.ops.aten, "_weight_int8pack_mm")
+
+
+class Int8Projection(nn.Module):
+    """x · Wᵀ + b with W as int8 [out, in] rows and a scale per row."""
+
+    def __init__(self, weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.register_buffer("weight", weight)  # int8 [out, in]
+        self.register_buffer("scales", scales)  # [out], the activations' dtype
+        self.register_buffer("bias", bias)
+
+    @classmethod
+    def quantize(cls, weight: torch.Tensor, bias: torch.Tensor | None, *, layout: str) -> Int8Projection:
+        """From a float weight given as [in, out] (transformers' `Conv1D`) or [out, in] (`nn.Linear`)."""
+        rows = (weight if layout == "out_in" else weight.t()).detach().float()  # [out, in]
+        scales = rows.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127
+        quantized = torch.round(rows / scales[:, None]).clamp(-127, 127).to(torch.int8)
+        bias = None if bias is None else bias.detach().clone()
+        return cls(quantized.contiguous(), scales.to(weight.dtype), bias)
+
+    def rows(self, start: int, end: int) -> Int8Projection:
+        """The projection onto output channels start..end-1: the same int8 values and scales."""
+        bias = None if self.bias is None else self.bias[start:end]
+        return Int8Projection(self.weight[start:end].contiguous(), self.scales[start:end], bias)
+
+    def dequantized(self) -> torch.Tensor:
+        """The weights the int8 values stand for, [out, in], in the activations' dtype."""
+        return self.weight.to(self.scales.dtype) * self.scales[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.size(-1))  # [rows, in]
+        if x.device.type == "cpu" and _int8_kernel_available():
+            product = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scales.to(x.dtype))
+        else:
+            product = flat @ self.dequantized().to(x.dtype).t()
+        if self.bias is not None:
+            product = product + self.bias
+        return product.view(*x.shape[:-1], -1)  # [..., out]
+
+
+def quantize_model(model: nn.Module, quantization: Quantization) -> None:
+    """Replace, in place, every projection of a GPT-2 (`Conv1D`s and the LM head) by an
+    `Int8Projection`. The token embedding stays as it is: a lookup reads one row, not all."""
+    if quantization == "none":
+        return
+    from transformers.pytorch_utils import Conv1D
+
+    with torch.no_grad():
+        for parent in list(model.modules()):
+            for name, child in parent.named_children():
+                if isinstance(child, Conv1D):
+                    setattr(parent, name, Int8Projection.quantize(child.weight, child.bias, layout="in_out"))
+        head = model.lm_head
+        model.lm_head = Int8Projection.quantize(head.weight, head.bias, layout="out_in")
