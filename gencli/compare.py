@@ -40,6 +40,9 @@ class Comparison:
     divergence: Divergence | None
     # Ctrl-C stopped it: the last result is partial, and modes after it did not run.
     interrupted: bool = False
+    # The runs are the same modes on differently stored weights (float32 against int8, say): a
+    # parting there is the weights' rounding, not a bug.
+    across_weights: bool = False
 
     @property
     def agree(self) -> bool:
@@ -51,6 +54,7 @@ class Comparison:
             "divergence": self.divergence.to_dict() if self.divergence else None,
             "results": {mode: result.to_dict() for mode, result in self.results.items()},
             "interrupted": self.interrupted,
+            "across_weights": self.across_weights,
         }
 
 
@@ -89,19 +93,30 @@ def find_divergence(loaded: LoadedModel, results: dict[str, GenerationResult]) -
 
 
 def compare_modes(
-    loaded: LoadedModel, prompt: str, options: DecodingOptions, modes: tuple[str, ...] = MODES
+    loaded: LoadedModel,
+    prompt: str,
+    options: DecodingOptions,
+    modes: tuple[str, ...] = MODES,
+    against: LoadedModel | None = None,
 ) -> Comparison:
+    """Every mode on `prompt`; with `against` (the same model, its weights stored otherwise),
+    every mode on both, labelled by their weights. The first run is the reference."""
     if options.samples and options.seed is None:
         # Every mode must draw from the same random stream: fix one seed for all of them.
         options = options.model_copy(update={"seed": random.SystemRandom().randrange(2**32)})
+    runs = [(mode, loaded, mode) for mode in modes]
+    if against is not None:
+        runs = [
+            (f"{mode} {subject.weights}", subject, mode) for subject in (loaded, against) for mode in modes
+        ]
     results = {}
-    for mode in modes:
+    for label, subject, mode in runs:
         try:
-            results[mode] = generate_text(loaded, prompt, mode, options)
+            results[label] = generate_text(subject, prompt, mode, options)
         except GenerationInterrupted as interrupted:
-            # The modes that finished are still compared; the partial one is shown, not judged.
+            # The runs that finished are still compared; the partial one is shown, not judged.
             complete = dict(results)
-            results[mode] = interrupted.result
+            results[label] = interrupted.result
             divergence = find_divergence(loaded, complete) if complete else None
-            return Comparison(results, divergence, interrupted=True)
-    return Comparison(results, find_divergence(loaded, results))
+            return Comparison(results, divergence, interrupted=True, across_weights=against is not None)
+    return Comparison(results, find_divergence(loaded, results), across_weights=against is not None)

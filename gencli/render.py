@@ -511,7 +511,8 @@ def print_comparison(comparison: Comparison, tokenizer: Any, console: Console) -
             return
     if divergence is None:
         count = len(next(iter(comparison.results.values())).token_ids)
-        console.print(f"[green]all {len(comparison.results)} modes agree on all {count} tokens[/green]")
+        runs = "runs" if comparison.across_weights else "modes"
+        console.print(f"[green]all {len(comparison.results)} {runs} agree on all {count} tokens[/green]")
         return
 
     def token(token_id: int | None) -> str:
@@ -528,6 +529,8 @@ def print_comparison(comparison: Comparison, tokenizer: Any, console: Console) -
         verdict = (
             "a near-tie: float rounding can flip it"
             if divergence.near_tie
+            else "the other weights' rounding moved the logits that far"
+            if comparison.across_weights
             else "not a near-tie: look for a bug"
         )
         console.print(f"logit margin between them: {divergence.logit_margin:.2e} ({verdict})")

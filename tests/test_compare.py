@@ -106,3 +106,22 @@ def test_ctrl_c_keeps_the_modes_run_so_far(tiny_model_dir, monkeypatch):
     assert list(data["results"]) == ["generate", "greedy", "kv-cache"]
     assert data["results"]["kv-cache"]["finish_reason"] == "interrupted"
     assert len(data["results"]["kv-cache"]["token_ids"]) == 2
+
+
+def test_against_int8_runs_the_modes_on_both_weights(tiny_model_dir):
+    argv = ["compare", "Hello world", "--model", str(tiny_model_dir), "-n", "8", "--modes", "kv-cache"]
+    result = runner.invoke(app, [*argv, "--modes", "scratch", "--against", "int8", "--json"])
+    data = json.loads(result.stdout)
+    assert list(data["results"]) == [
+        "kv-cache float32",
+        "scratch float32",
+        "kv-cache float32+int8",
+        "scratch float32+int8",
+    ]
+    assert data["across_weights"] is True
+    assert result.exit_code == (0 if data["agree"] else 1)
+    same = runner.invoke(app, [*argv, "--against", "float32"])
+    assert same.exit_code == 2
+    assert (
+        same.stderr == "gencli: error: --against float32 is what --dtype runs already; pick other weights\n"
+    )

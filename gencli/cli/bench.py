@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any
 
 import typer
 
@@ -17,10 +17,11 @@ from gencli.cli.options import (
     ModesOption,
     chosen_modes,
     command_line_layers,
+    load_other_weights,
     with_options,
 )
 from gencli.errors import GencliError
-from gencli.settings import Dtype, Quantization, resolve
+from gencli.settings import resolve
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -31,16 +32,6 @@ def _int_list(text: str) -> tuple[int, ...]:
     if not values or min(values) < 1:
         raise GencliError(f"--lengths must be positive integers, got {text!r}")
     return values
-
-
-def _weights(spec: str) -> dict[str, str]:
-    """`--compare` WEIGHTS -> the settings it changes: DTYPE, int8, or DTYPE+int8."""
-    dtype, _, quantize = spec.partition("+") if "+" in spec else ("", "", spec)
-    if spec in get_args(Dtype):
-        return {"dtype": spec, "quantize": "none"}
-    if quantize in get_args(Quantization) and quantize != "none" and (not dtype or dtype in get_args(Dtype)):
-        return {"dtype": dtype or "auto", "quantize": quantize}
-    raise GencliError(f"--compare takes a dtype, int8 or DTYPE+int8 (bfloat16+int8), got {spec!r}")
 
 
 @with_options(MODEL, DTYPE, SOURCES)
@@ -97,10 +88,7 @@ def bench(
             raise GencliError(f"lengths must fit the model's context of {loaded.context_length} tokens")
         variants = []
         for spec in compare or []:
-            variant = settings.model_copy(update=_weights(spec))
-            if variant.dtype == "auto":
-                variant = variant.model_copy(update={"dtype": settings.dtype})
-            loaded_variant = load(variant, step, arch)
+            loaded_variant = load_other_weights(settings, spec, "--compare", step, arch)
             if loaded_variant.weights in [loaded.weights, *(other.weights for other in variants)]:
                 raise GencliError(
                     f"--compare {spec} runs {loaded_variant.weights}, which this bench runs already"

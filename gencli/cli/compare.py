@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -19,9 +19,11 @@ from gencli.cli.options import (
     PromptFileOption,
     chosen_modes,
     command_line_layers,
+    load_other_weights,
     read_prompt,
     with_options,
 )
+from gencli.errors import GencliError
 from gencli.settings import check_prompt
 
 
@@ -31,6 +33,15 @@ def compare(
     file: PromptFileOption = None,
     modes: ModesOption = None,
     arch: ArchOption = None,
+    against: Annotated[
+        str | None,
+        typer.Option(
+            help="Also run the modes with the weights stored otherwise (int8, bfloat16, bfloat16+int8) "
+            "and show where they part from --dtype's.",
+            metavar="WEIGHTS",
+            show_default=False,
+        ),
+    ] = None,
     as_json: JsonOption = False,
     flags: dict[str, Any] | None = None,
 ) -> None:
@@ -46,10 +57,15 @@ def compare(
     chosen = chosen_modes(modes)
     with startup_status("starting") as step:
         loaded, resolved = load_with_settings(layers, step, arch)
+        other = None
+        if against is not None:
+            other = load_other_weights(resolved.settings, against, "--against", step, arch)
+            if other.weights == loaded.weights:
+                raise GencliError(f"--against {against} is what --dtype runs already; pick other weights")
         from gencli import render
         from gencli.compare import compare_modes
 
-    comparison = compare_modes(loaded, text, resolved.settings.decoding, chosen)
+    comparison = compare_modes(loaded, text, resolved.settings.decoding, chosen, other)
     if as_json:
         render.print_json(comparison.to_dict())
     else:

@@ -14,7 +14,7 @@ import sys
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, get_args
 
 import typer
 
@@ -26,6 +26,7 @@ from gencli.settings import (
     Layer,
     Mode,
     Quantization,
+    Settings,
     check_values,
     default_value,
     gather_layers,
@@ -33,6 +34,9 @@ from gencli.settings import (
     preset_names,
     text_values,
 )
+
+if TYPE_CHECKING:
+    from gencli.loading import LoadedModel
 
 OptionSet = tuple[inspect.Parameter, ...]
 
@@ -279,3 +283,26 @@ def chosen_modes(modes: list[str] | None) -> tuple[str, ...]:
         if mode not in MODES:
             raise GencliError(f"--modes: unknown mode {mode!r}; choose from {', '.join(MODES)}")
     return tuple(dict.fromkeys(modes)) if modes else MODES
+
+
+def weights_settings(spec: str, flag: str) -> dict[str, str]:
+    """WEIGHTS as `--compare` and `--against` take it (a dtype, int8, or DTYPE+int8) -> the
+    settings it changes; dtype "auto" where it names none (the caller's dtype applies)."""
+    dtype, _, quantize = spec.partition("+") if "+" in spec else ("", "", spec)
+    if spec in get_args(Dtype):
+        return {"dtype": spec, "quantize": "none"}
+    if quantize in get_args(Quantization) and quantize != "none" and (not dtype or dtype in get_args(Dtype)):
+        return {"dtype": dtype or "auto", "quantize": quantize}
+    raise GencliError(f"{flag} takes a dtype, int8 or DTYPE+int8 (bfloat16+int8), got {spec!r}")
+
+
+def load_other_weights(
+    settings: Settings, spec: str, flag: str, step: Callable[[str], None], arch: str | None
+) -> LoadedModel:
+    """The model of `settings` again, with its weights stored as WEIGHTS says."""
+    from gencli.cli.edge import load
+
+    other = settings.model_copy(update=weights_settings(spec, flag))
+    if other.dtype == "auto":
+        other = other.model_copy(update={"dtype": settings.dtype})
+    return load(other, step, arch)
