@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from gencli.bench import BenchReport, BenchRow
     from gencli.chat import TurnResult as ChatTurn
     from gencli.compare import Comparison
+    from gencli.perplexity import PerplexityReport
     from gencli.results import GenerationResult
     from gencli.scratch.explain import Explanation, WorkedExample
     from gencli.scratch.probe import AttentionMap
@@ -634,6 +635,24 @@ def print_bench(report: BenchReport, console: Console) -> None:
     )
     for name, value in report.ratios().items():
         console.print(f"{name.replace('_', ' ')}: {value:.2f}" + ("" if "fraction" in name else "x"))
+
+
+def print_perplexity(report: PerplexityReport, console: Console) -> None:
+    if report.interrupted:
+        console.print(f"Interrupted: {report.scored_tokens} of {report.tokens - 1} tokens scored.")
+    console.print(
+        f"{report.model} · {report.weights} · {report.scored_tokens:,} tokens scored "
+        f"({report.scored_bytes:,} bytes) · context {report.context}, stride {report.stride} · "
+        f"{report.windows} windows",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(
+        f"perplexity {report.perplexity:.3f} · {report.bits_per_token:.4f} bits per token · "
+        f"{report.bits_per_byte:.4f} bits per byte",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def save_bench_plot(report: BenchReport, path: str) -> None:
