@@ -22,7 +22,9 @@ def test_the_kernel_and_the_dequantized_product_agree():
     projection = Int8Projection.quantize(torch.randn(96, 64), torch.randn(96), layout="out_in")
     x = torch.randn(3, 5, 64)
     expected = x @ projection.dequantized().t() + projection.bias
-    assert torch.allclose(projection(x), expected, atol=1e-4)
+    # float32 activations enter the int8 product in bfloat16: 8 bits of mantissa, ~0.4% each
+    assert torch.allclose(projection(x), expected, rtol=0.02, atol=0.05)
+    assert projection(x).dtype == torch.float32
     assert projection(x[:1, :1]).shape == (1, 1, 96)
 
 

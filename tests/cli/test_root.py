@@ -72,3 +72,17 @@ def test_completion_script_for_the_shell():
     result = runner.invoke(app, ["--show-completion", "bash"], prog_name="gencli")
     assert result.exit_code == 0
     assert "_gencli_completion" in result.stdout and "complete " in result.stdout
+
+
+@pytest.mark.parametrize(("before", "after"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_openmp_threads_sleep_at_barriers_unless_the_user_says_otherwise(monkeypatch, before, after):
+    import gencli.cli
+
+    if before is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", before)
+    monkeypatch.setattr(sys, "argv", ["gencli", "--version"])
+    with pytest.raises(SystemExit):
+        gencli.cli.main()
+    assert os.environ["OMP_WAIT_POLICY"] == after
