@@ -43,6 +43,11 @@ def _setting(default: Any, requirement: str, help: str, **constraints: Any) -> A
     return Field(default, description=help, json_schema_extra={"requirement": requirement}, **constraints)
 
 
+# Logits divided by less (a temperature, a repetition penalty) can leave float32's range: the
+# sampling probabilities then turn into NaN. Below it, temperature 0 (greedy) is what is meant.
+SMALLEST_DIVISOR = 1e-6
+
+
 class DecodingOptions(BaseModel):
     """How the next token is chosen and when generation stops; identical for every mode."""
 
@@ -54,7 +59,10 @@ class DecodingOptions(BaseModel):
     )
     sample: bool = _setting(False, "must be true or false", "Sample instead of taking the most likely token.")
     temperature: float = _setting(
-        1.0, "must be a number, 0 (greedy) or more", "Sampling temperature; 0 means greedy.", ge=0
+        1.0,
+        f"must be a number, 0 (greedy) or at least {SMALLEST_DIVISOR:g}",
+        "Sampling temperature; 0 means greedy.",
+        ge=0,
     )
     top_k: int = _setting(
         0, "must be an integer, 0 (off) or more", "Sample among the k most likely tokens; 0 is off.", ge=0
@@ -96,10 +104,10 @@ class DecodingOptions(BaseModel):
     )
     repetition_penalty: float = _setting(
         1.0,
-        "must be a number greater than 0; 1 turns it off",
+        f"must be a number, at least {SMALLEST_DIVISOR:g}; 1 turns it off",
         "Divide the logits of tokens already in the text by this; 1 is off. Applies with and "
         "without sampling.",
-        gt=0,
+        ge=SMALLEST_DIVISOR,
     )
     no_repeat_ngram_size: int = _setting(
         0,
@@ -123,6 +131,13 @@ class DecodingOptions(BaseModel):
         "Stop once the text ends with this string; it is kept in the output.",
     )
     ignore_eos: bool = _setting(False, "must be true or false", "Keep generating past the end-of-text token.")
+
+    @field_validator("temperature")
+    @classmethod
+    def _not_vanishing(cls, value: float) -> float:
+        if 0 < value < SMALLEST_DIVISOR:
+            raise ValueError(f"a temperature below {SMALLEST_DIVISOR:g} overflows the scores")
+        return value
 
     @field_validator("stop", mode="before")
     @classmethod

@@ -179,3 +179,34 @@ def test_a_one_row_change_to_the_weights_refuses_the_cache(tmp_path):
     reloaded = load_model(str(folder), device="cpu")
     result, notices = run(reloaded, PROMPT, "kv-cache", path, read_only=True)
     assert result.prompt_cache_tokens == 0 and "is for another model" in notices[0]
+
+
+WRITER = """
+import sys
+from pathlib import Path
+
+from gencli import prompt_cache
+from gencli.loading import load_model
+
+loaded = load_model(sys.argv[1], device="cpu")
+cache = loaded.engine("scratch").new_cache(8)
+for _ in range(30):
+    prompt_cache.save(Path(sys.argv[2]), loaded, [int(sys.argv[3])] * 5, cache)
+"""
+
+
+def test_two_processes_writing_one_cache_leave_one_whole_file(tiny, tiny_model_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from gencli import prompt_cache
+
+    path = tmp_path / "shared.safetensors"
+    writers = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(tiny_model_dir), str(path), token])
+        for token in ("11", "22")
+    ]
+    assert [writer.wait(timeout=120) for writer in writers] == [0, 0]
+    stored = prompt_cache.load(path, tiny)  # whole and readable: one writer's file, not a mix
+    assert stored.token_ids in ([11] * 5, [22] * 5)
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind

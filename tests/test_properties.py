@@ -136,3 +136,75 @@ def test_any_damaged_prompt_cache(tiny_model_dir, tmp_path_factory, cache_file, 
     result = runner.invoke(app, [*argv, "--prompt-cache", str(path), "--prompt-cache-ro", "-q", "--no-log"])
     assert result.exit_code == 0 and "Traceback" not in result.stderr
     assert len(json.loads(result.stdout)["token_ids"]) == 2  # refused or used, the output is whole
+
+
+def _command_options() -> dict[str, list[str]]:
+    """Every command that runs here and ends on its own (not chat, serve, pull, bench), with the
+    long names of its options."""
+    import typer.main
+
+    root = typer.main.get_command(app)
+    options = {}
+    for name, command in root.commands.items():
+        if name in ("chat", "serve", "pull", "bench", "config"):
+            continue
+        options[name] = [
+            flag for parameter in command.params for flag in parameter.opts if flag.startswith("--")
+        ]
+    return options
+
+
+COMMAND_OPTIONS = _command_options()
+command_argv = st.sampled_from(sorted(COMMAND_OPTIONS)).flatmap(
+    lambda command: st.tuples(
+        st.just(command),
+        st.lists(st.tuples(st.sampled_from(COMMAND_OPTIONS[command]), values), max_size=3),
+        st.lists(values, max_size=2),
+    )
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(command_argv)
+def test_any_argv_for_every_command(tiny_model_dir, user_dirs, drawn):
+    command, pairs, arguments = drawn
+    argv = [command, *arguments, *(word for pair in pairs for word in pair)]
+    if any(flag == "--model" for flag, _ in pairs):
+        argv += ["--no-fallback"]  # a name that is no folder must not wait for the hub
+    else:
+        argv += ["--model", str(tiny_model_dir)] if "--model" in COMMAND_OPTIONS[command] else []
+    result = runner.invoke(app, argv, env={"HF_HUB_OFFLINE": "1"})
+    assert_clean(result)
+
+
+MODEL_FILES = (
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.dictionaries(
+        st.sampled_from(MODEL_FILES),
+        st.sampled_from(["whole", "missing", "empty", "truncated", "junk"]),
+        min_size=1,
+    ),
+    st.binary(min_size=1, max_size=64),
+)
+def test_any_damaged_model_folder(tiny_model_dir, tmp_path_factory, damage, junk):
+    folder = tmp_path_factory.mktemp("model")
+    for name in MODEL_FILES:
+        original = (tiny_model_dir / name).read_bytes() if (tiny_model_dir / name).exists() else None
+        state = damage.get(name, "whole")
+        if original is None or state == "missing":
+            continue
+        data = {"whole": original, "empty": b"", "truncated": original[: len(original) // 2], "junk": junk}[
+            state
+        ]
+        (folder / name).write_bytes(data)
+    result = runner.invoke(app, ["generate", "Hi", "--model", str(folder), "-n", "2", "--no-log"])
+    assert_clean(result)

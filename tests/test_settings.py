@@ -104,7 +104,10 @@ def test_typed_sources_must_give_the_right_type(tmp_path):
         ("stop = ['']\n", "'stop' in --config CONFIG must be a string or a list of non-empty strings"),
         ("mode = 'fast'\n", "'mode' in --config CONFIG must be one of generate, greedy, kv-cache, scratch"),
         ("seed = 18446744073709551616\n", "'seed' in --config CONFIG must be an integer in [0, 2**64)"),
-        ("temperature = nan\n", "'temperature' in --config CONFIG must be a number, 0 (greedy) or more"),
+        (
+            "temperature = nan\n",
+            "'temperature' in --config CONFIG must be a number, 0 (greedy) or at least 1e-06",
+        ),
         ("model = ''\n", "'model' in --config CONFIG must be a Hugging Face hub id"),
         ("top_p = \n", "is not valid TOML"),
     ],

@@ -132,11 +132,20 @@ def test_config_file_and_flag_precedence(tiny_model_dir, tmp_path):
     ("args", "fragments"),
     [
         (["-n", "0"], ["--max-new-tokens must be an integer, at least 1, got 0"]),
-        (["--temperature", "-0.5"], ["--temperature must be a number, 0 (greedy) or more, got -0.5"]),
+        (
+            ["--temperature", "-0.5"],
+            ["--temperature must be a number, 0 (greedy) or at least 1e-06, got -0.5"],
+        ),
         (["--top-p", "0"], ["--top-p must be a number in (0, 1]; 1 turns it off, got 0.0"]),
         (["--top-p", "1.01"], ["--top-p must be a number in (0, 1]"]),
         (["--top-k", "-1"], ["--top-k must be an integer, 0 (off) or more"]),
-        (["--repetition-penalty", "0"], ["--repetition-penalty must be a number greater than 0"]),
+        (["--repetition-penalty", "0"], ["--repetition-penalty must be a number, at least 1e-06"]),
+        # either would overflow the scores into NaN probabilities
+        (
+            ["--temperature", "1e-45", "--sample"],
+            ["--temperature must be a number, 0 (greedy) or at least 1e-06"],
+        ),
+        (["--repetition-penalty", "1e-30"], ["--repetition-penalty must be a number, at least 1e-06"]),
         (["--top-k", "many"], ["Invalid value for '--top-k'", "--help"]),
         (["--mode", "fast"], ["'fast' is not one of 'generate', 'greedy', 'kv-cache'"]),
         (["--colour"], ["No such option: --colour"]),
