@@ -99,7 +99,7 @@ lines = st.one_of(
 ).map(json.dumps) | st.text(max_size=40)
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(lines, min_size=1, max_size=4))
 def test_any_jsonl_lines(tiny_model_dir, batch_lines):
     data = "\n".join([*batch_lines, json.dumps({"id": "fine", "prompt": "Hello"})]) + "\n"
@@ -117,7 +117,7 @@ def cache_file(tmp_path_factory, tiny_model_dir):
     return path.read_bytes()
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.integers(min_value=0, max_value=4000), st.binary(max_size=16))
 def test_any_damaged_prompt_cache(tiny_model_dir, tmp_path_factory, cache_file, cut, junk):
     path = tmp_path_factory.mktemp("damaged") / "p.safetensors"
