@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteriaList
+from transformers import LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from gencli.padding import pad_token_id, padding_lengths, position_ids
@@ -40,6 +40,16 @@ class DecodeRequest:
     @property
     def padding_lengths(self) -> torch.Tensor | None:
         return None if self.attention_mask is None else padding_lengths(self.attention_mask)
+
+    def logits_processors(self) -> LogitsProcessorList:
+        """The processors `generate` would build for these options, left padding skipped."""
+        return build_logits_processors(
+            self.options,
+            self.input_ids.shape[1],
+            self.eos_token_id,
+            padding_lengths=self.padding_lengths,
+            device=self.input_ids.device,
+        )
 
     @property
     def pad_token_id(self) -> int:
@@ -132,13 +142,7 @@ class CachedStepEngine(StepEngine):
 def decode_n_tokens(engine: StepEngine, request: DecodeRequest, logits: torch.Tensor) -> torch.Tensor:
     """Choose tokens until a stopping criterion has fired for every row; return the sequences."""
     input_ids = request.input_ids
-    processors = build_logits_processors(
-        request.options,
-        input_ids.shape[1],
-        request.eos_token_id,
-        padding_lengths=request.padding_lengths,
-        device=input_ids.device,
-    )
+    processors = request.logits_processors()
     sequence, attention_mask = input_ids, request.attention_mask
     unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     while True:

@@ -7,7 +7,7 @@ from transformers import GenerationConfig
 from transformers.cache_utils import DynamicCache
 
 from gencli.engines.base import DecodeRequest, Engine
-from gencli.sampling import build_logits_processors, generate_kwargs
+from gencli.sampling import generate_kwargs
 
 
 class HFGenerateEngine(Engine):
@@ -34,17 +34,9 @@ class HFGenerateEngine(Engine):
     def _generate(self, request: DecodeRequest) -> torch.Tensor:
         wants_scores = request.on_scores is not None
         input_ids, attention_mask = request.input_ids, request.attention_mask
-        processors = None
-        if attention_mask is not None:
-            # generate's own processors would count the left padding as text (its repetition
-            # penalty would hold EOS back in padded rows only): gencli's skip it.
-            processors = build_logits_processors(
-                request.options,
-                input_ids.shape[1],
-                request.eos_token_id,
-                padding_lengths=request.padding_lengths,
-                device=input_ids.device,
-            )
+        # generate's own processors would count left padding as text (its repetition penalty
+        # would hold EOS back in padded rows only): a padded batch gets gencli's, which skip it.
+        processors = None if attention_mask is None else request.logits_processors()
         with torch.inference_mode():
             output = self.model.generate(
                 input_ids,
