@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from gencli.errors import GencliError
-from gencli.gemv import Projection
+from gencli.gemv import Projection, fast_projection
 from gencli.quantize import Int8Projection
 from gencli.scratch.attention import KVCache, MultiHeadSelfAttention
 
@@ -188,28 +188,25 @@ class ScratchGPT2(nn.Module):
             layer_norm_epsilon=hf_config.layer_norm_epsilon,
             n_inner=hf_config.n_inner,
             activation=hf_config.activation_function,
-            tied_head=hf_model.lm_head.weight.data_ptr() == transformer.wte.weight.data_ptr(),
+            # An int8 head is used as it is (below), whatever it was made from.
+            tied_head=isinstance(hf_model.lm_head, Int8Projection)
+            or hf_model.lm_head.weight.data_ptr() == transformer.wte.weight.data_ptr(),
         )
-        reference = transformer.wte.weight
-        model = cls(config).to(device=reference.device, dtype=reference.dtype)
-        with torch.no_grad():
-            model.wte.weight.copy_(transformer.wte.weight)
-            if model.head_weight is not None:
-                model.head_weight.copy_(hf_model.lm_head.weight)
-            model.wpe.weight.copy_(transformer.wpe.weight)
-            model.ln_f.load_state_dict(transformer.ln_f.state_dict())
-            for block, hf_block in zip(model.blocks, transformer.h, strict=True):
-                block.ln_1.load_state_dict(hf_block.ln_1.state_dict())
-                block.ln_2.load_state_dict(hf_block.ln_2.state_dict())
-                block.attention = MultiHeadSelfAttention.from_hf(hf_block.attn)
-                if isinstance(hf_block.mlp.c_fc, Int8Projection):  # shared as they are
-                    block.mlp.expand, block.mlp.contract = hf_block.mlp.c_fc, hf_block.mlp.c_proj
-                    continue
-                # Conv1D weights are [in, out]; nn.Linear wants [out, in].
-                block.mlp.expand.weight.copy_(hf_block.mlp.c_fc.weight.t())
-                block.mlp.expand.bias.copy_(hf_block.mlp.c_fc.bias)
-                block.mlp.contract.weight.copy_(hf_block.mlp.c_proj.weight.t())
-                block.mlp.contract.bias.copy_(hf_block.mlp.c_proj.bias)
+        # Built empty, then given the Hugging Face model's own tensors: embeddings, layer norms and
+        # the MLP's [in, out] weights are shared (a `Projection` reads them where they lie), not
+        # copied. The attention keeps separate q/k/v/output matrices of its own (from_hf).
+        with torch.device("meta"):
+            model = cls(config)
+        model.wte.weight = transformer.wte.weight
+        model.wpe.weight = transformer.wpe.weight
+        if model.head_weight is not None:
+            model.head_weight = hf_model.lm_head.weight
+        model.ln_f = transformer.ln_f
+        for block, hf_block in zip(model.blocks, transformer.h, strict=True):
+            block.ln_1, block.ln_2 = hf_block.ln_1, hf_block.ln_2
+            block.attention = MultiHeadSelfAttention.from_hf(hf_block.attn)
+            block.mlp.expand = fast_projection(hf_block.mlp.c_fc)
+            block.mlp.contract = fast_projection(hf_block.mlp.c_proj)
         if isinstance(hf_model.lm_head, Int8Projection):
             model.quantized_head = hf_model.lm_head
         return model.eval()
