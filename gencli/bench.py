@@ -27,36 +27,38 @@ from gencli.settings import MODES, DecodingOptions
 LENGTHS = (64, 256, 512, 1024)
 
 
-def measure_read_bandwidth(device: torch.device, megabytes: int = 256, repeats: int = 7) -> float:
-    """Bytes per second this device reads memory at: the median of timed sums over a large buffer."""
-    buffer = torch.ones(megabytes * 2**20 // 4, dtype=torch.float32, device=device)
-    timings = []
-    for _ in range(repeats + 1):
-        _synchronize(device)
-        started = time.perf_counter()
-        buffer.sum()
-        _synchronize(device)
-        timings.append(time.perf_counter() - started)
-    return buffer.nbytes / statistics.median(timings[1:])
+class Rooflines:
+    """The two limits a decode step's weight reads meet, measured on one buffer made once: a plain
+    read (a sum over it) and a one-row product that reads it as a float32 [4096, n] weight through
+    the one-row path the kv-cache and scratch modes take (a decode step's shape)."""
 
+    def __init__(self, device: torch.device, megabytes: int = 256):
+        from gencli.gemv import Projection
 
-def measure_gemv_bandwidth(device: torch.device, megabytes: int = 256, repeats: int = 7) -> float:
-    """Bytes per second a one-row product (a decode step's shape) reads a float32 weight at, through
-    the same one-row path the kv-cache and scratch modes take: the roofline a GEMV can reach here."""
-    from gencli.gemv import Projection
+        self.device = device
+        self.buffer = torch.ones(megabytes * 2**20 // 4, dtype=torch.float32, device=device)
+        width = 4096
+        self.projection = Projection(self.buffer.view(width, -1), layout="in_out")
+        self.row = torch.ones(1, width, device=device)
 
-    width = 4096
-    weight = torch.ones(width, megabytes * 2**20 // 4 // width, dtype=torch.float32, device=device)
-    projection, x = Projection(weight, layout="in_out"), torch.ones(1, width, device=device)
-    timings = []
-    with torch.inference_mode():
-        for _ in range(repeats + 1):
-            _synchronize(device)
+    def read(self, repeats: int = 7) -> float:
+        """Bytes per second of a plain read: the median of timed sums."""
+        return self._rate(self.buffer.sum, repeats)
+
+    def gemv(self, repeats: int = 7) -> float:
+        """Bytes per second of a one-row product over the same bytes."""
+        with torch.inference_mode():
+            return self._rate(lambda: self.projection(self.row), repeats)
+
+    def _rate(self, work: Callable[[], object], repeats: int) -> float:
+        timings = []
+        for _ in range(repeats + 1):  # the first is a warm-up
+            _synchronize(self.device)
             started = time.perf_counter()
-            projection(x)
-            _synchronize(device)
+            work()
+            _synchronize(self.device)
             timings.append(time.perf_counter() - started)
-    return weight.nbytes / statistics.median(timings[1:])
+        return self.buffer.nbytes / statistics.median(timings[1:])
 
 
 def _synchronize(device: torch.device) -> None:
@@ -305,6 +307,7 @@ def run_bench(
 
     Within a cell the repeats take turns across modes (and dtypes), so a change in the machine's
     load mid-cell slows them all alike and the ratios between them hold."""
+    rooflines = Rooflines(loaded.device)
     read_samples: list[float] = []
     gemv_samples: list[float] = []
     report = _empty_report(loaded, read_samples, gemv_samples)
@@ -328,8 +331,8 @@ def run_bench(
         runs: list[list[GenerationResult]] = [[] for _ in cells]
         peaks: list[list[int | None]] = [[] for _ in cells]
         for _ in range(repeats):
-            read_samples.append(measure_read_bandwidth(loaded.device))
-            gemv_samples.append(measure_gemv_bandwidth(loaded.device))
+            read_samples.append(rooflines.read())
+            gemv_samples.append(rooflines.gemv())
             for index, (subject, _, mode, prompt) in enumerate(cells):
                 if on_progress:
                     on_progress(0, f"{mode}: {prompt_length} + {count} tokens")

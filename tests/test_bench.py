@@ -6,7 +6,7 @@ import torch
 from transformers import GPT2LMHeadModel
 from typer.testing import CliRunner
 
-from gencli.bench import PeakMemory, measure_read_bandwidth
+from gencli.bench import PeakMemory, Rooflines
 from gencli.cli import app
 
 runner = CliRunner()
@@ -109,8 +109,9 @@ def test_bench_bad_options(tiny_model_dir, args, message):
     assert result.exit_code == 2 and message in result.stderr
 
 
-def test_read_bandwidth_is_measured():
-    assert measure_read_bandwidth(torch.device("cpu"), megabytes=16, repeats=2) > 1e8
+def test_both_rooflines_are_measured():
+    rooflines = Rooflines(torch.device("cpu"), megabytes=16)
+    assert rooflines.read(repeats=2) > 1e8 and rooflines.gemv(repeats=2) > 1e8
 
 
 def test_peak_memory_sees_an_allocation_freed_before_the_end():

@@ -164,7 +164,7 @@ command_argv = st.sampled_from(sorted(COMMAND_OPTIONS)).flatmap(
 )
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(command_argv)
 def test_any_argv_for_every_command(tiny_model_dir, user_dirs, drawn):
     command, pairs, arguments = drawn
@@ -186,7 +186,7 @@ MODEL_FILES = (
 )
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     st.dictionaries(
         st.sampled_from(MODEL_FILES),

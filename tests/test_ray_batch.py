@@ -40,7 +40,7 @@ def test_records_equal_the_local_run_in_input_order(tiny, tiny_model_dir, ray_in
     lines.insert(5, json.dumps({"id": "p1", "prompt": "a duplicate id"}))
     job = BatchJob("kv-cache", DecodingOptions(max_new_tokens=4), batch_size=2, top_logprobs=1)
     local = list(run_batch(tiny, lines, job))
-    on_ray = list(run_batch_on_ray(lines, job, (tiny.name, tiny_model_dir), "cpu", "auto", workers=2))
+    on_ray = list(run_batch_on_ray(lines, job, (tiny.name, tiny_model_dir), "cpu", "auto", workers=1))
     assert on_ray == local
     assert [r.get("id") for r in on_ray] == ["p0", "p1", "p2", None, "p4", "p1", "p5", "p6", "p7", "p8"]
     assert "not valid JSON" in on_ray[3]["error"] and "duplicate id 'p1'" in on_ray[5]["error"]
@@ -57,9 +57,8 @@ def test_resume_through_the_cli(tiny, tiny_model_dir, tmp_path, ray_instance):
     output = tmp_path / "out.jsonl"
     output.write_text("".join(complete.splitlines(keepends=True)[:2]))
     argv = ["batch", str(source), "--model", str(tiny_model_dir), "-n", "3", "--output", str(output)]
-    result = runner.invoke(
-        app, [*argv, "--ray", "--resume", "--workers", "2", "-o", "repetition_penalty", "1"]
-    )
+    plain = ["-o", "repetition_penalty", "1", "-o", "no_repeat_ngram_size", "0"]  # as DecodingOptions()
+    result = runner.invoke(app, [*argv, "--ray", "--resume", *plain])
     assert result.exit_code == 0, result.output
     assert output.read_text() == complete
 
