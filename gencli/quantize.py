@@ -18,9 +18,14 @@ from torch import nn
 
 from gencli.settings import Quantization
 
+INT8_KERNEL = hasattr(torch.ops.aten, "_weight_int8pack_mm")
 
-def _int8_kernel_available() -> bool:
-    return hasattr(torch.ops.aten, "_weight_int8pack_mm")
+
+def kernel_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the int8 kernel's inputs take for activations of `dtype`: its float32 path is a
+    slow reference loop (1.7 GB/s against 14-27 GB/s in bfloat16, measured), so float32 activations
+    enter the product in bfloat16 and the result returns to float32."""
+    return torch.bfloat16 if dtype == torch.float32 else dtype
 
 
 class Int8Projection(nn.Module):
@@ -31,6 +36,8 @@ class Int8Projection(nn.Module):
         self.register_buffer("weight", weight)  # int8 [out, in]
         self.register_buffer("scales", scales)  # [out], the activations' dtype
         self.register_buffer("bias", bias)
+        # The scales as the CPU kernel takes them, made once rather than at every product.
+        self.register_buffer("kernel_scales", scales.to(kernel_dtype(scales.dtype)), persistent=False)
 
     @classmethod
     def quantize(cls, weight: torch.Tensor, bias: torch.Tensor | None, *, layout: str) -> Int8Projection:
@@ -52,14 +59,10 @@ class Int8Projection(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.size(-1))  # [rows, in]
-        if x.device.type == "cpu" and _int8_kernel_available():
-            # The kernel's float32 path is a slow reference loop (1.7 GB/s against 14-27 GB/s in
-            # bfloat16, measured): float32 activations enter the product in bfloat16, and the
-            # result returns to float32.
-            compute = torch.bfloat16 if x.dtype == torch.float32 else x.dtype
-            product = torch.ops.aten._weight_int8pack_mm(
-                flat.to(compute), self.weight, self.scales.to(compute)
-            ).to(x.dtype)
+        if x.device.type == "cpu" and INT8_KERNEL:
+            compute = kernel_dtype(x.dtype)
+            scales = self.kernel_scales if self.kernel_scales.dtype == compute else self.scales.to(compute)
+            product = torch.ops.aten._weight_int8pack_mm(flat.to(compute), self.weight, scales).to(x.dtype)
         else:
             product = flat @ self.dequantized().to(x.dtype).t()
         if self.bias is not None:

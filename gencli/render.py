@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import statistics
 import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -612,14 +611,13 @@ def print_bench(report: BenchReport, console: Console) -> None:
         f"weights read per token {_human_bytes(report.weight_bytes)}",
         soft_wrap=True,
     )
-    for name, samples in (
-        ("plain read", report.read_bandwidth_samples),
-        ("one-row product (GEMV)", report.gemv_bandwidth_samples),
+    for name, median, samples in (
+        ("plain read", report.read_bandwidth_bytes_per_s, report.read_bandwidth_samples),
+        ("one-row product (GEMV)", report.gemv_bandwidth_bytes_per_s, report.gemv_bandwidth_samples),
     ):
-        values = [sample / 1e9 for sample in samples]
         console.print(
-            f"roofline, {name}: {statistics.median(values):.1f} GB/s (median of {len(values)}, one before "
-            f"each round of runs: {min(values):.1f}-{max(values):.1f})",
+            f"roofline, {name}: {median / 1e9:.1f} GB/s (median of {len(samples)}, one before "
+            f"each round of runs: {min(samples) / 1e9:.1f}-{max(samples) / 1e9:.1f})",
             soft_wrap=True,
         )
     console.print(_bench_table(f"Headline run, {report.weights} (medians)", report, report.headline))

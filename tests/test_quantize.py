@@ -58,3 +58,12 @@ def test_int8_logits_stay_close_to_float32(tiny, tiny_int8):
         full, quantized = tiny.model(input_ids).logits, tiny_int8.model(input_ids).logits
     assert (quantized - full).abs().max() < 0.05 * full.abs().max()
     assert tiny_int8.fingerprint() != tiny.fingerprint()  # a prompt cache never crosses them
+
+
+def test_the_kernel_scales_are_made_once_in_bfloat16(tiny_int8):
+    scratch = tiny_int8.engine("scratch").forward_module
+    projections = [
+        m for m in (*tiny_int8.model.modules(), *scratch.modules()) if isinstance(m, Int8Projection)
+    ]
+    assert projections and all(p.kernel_scales.dtype == torch.bfloat16 for p in projections)
+    assert all(p.scales.dtype == torch.float32 for p in projections)

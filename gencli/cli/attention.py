@@ -13,11 +13,9 @@ from gencli.cli.options import (
     SOURCES,
     PromptArgument,
     PromptFileOption,
-    command_line_layers,
-    read_prompt,
+    inspection_inputs,
     with_options,
 )
-from gencli.settings import check_prompt, resolve
 
 
 @with_options(MODEL, SOURCES)
@@ -37,9 +35,7 @@ def attention(
     The weights come from the from-scratch attention (verified equal to Hugging Face's). Long
     prompts show their last tokens, as many as fit the terminal; --png draws them all.
     """
-    settings = resolve(command_line_layers(flags)).settings.model_copy(update={"dtype": "float32"})
-    text = read_prompt(prompt, file)
-    check_prompt(text)
+    settings, text = inspection_inputs(prompt, file, flags)
     with startup_status("starting") as step:
         loaded = load(settings, step)
         from gencli import render

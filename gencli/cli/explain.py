@@ -14,12 +14,10 @@ from gencli.cli.options import (
     JsonOption,
     PromptArgument,
     PromptFileOption,
-    command_line_layers,
-    read_prompt,
+    inspection_inputs,
     with_options,
 )
 from gencli.errors import GencliError
-from gencli.settings import check_prompt, resolve
 
 
 @with_options(MODEL, SOURCES)
@@ -66,9 +64,7 @@ def explain(
             render.print_worked_example(example, render.stdout_console())
         return
 
-    settings = resolve(command_line_layers(flags)).settings.model_copy(update={"dtype": "float32"})
-    text = read_prompt(prompt, file)
-    check_prompt(text)
+    settings, text = inspection_inputs(prompt, file, flags)
     with startup_status("starting") as step:
         loaded = load(settings, step)
         from gencli.scratch.explain import explain as walk

@@ -27,11 +27,13 @@ from gencli.settings import (
     Mode,
     Quantization,
     Settings,
+    check_prompt,
     check_values,
     default_value,
     gather_layers,
     help_text,
     preset_names,
+    resolve,
     text_values,
 )
 
@@ -306,3 +308,15 @@ def load_other_weights(
     if other.dtype == "auto":
         other = other.model_copy(update={"dtype": settings.dtype})
     return load(other, step, arch)
+
+
+def inspection_inputs(
+    prompt: str | None, file: Path | None, flags: dict[str, Any] | None
+) -> tuple[Settings, str]:
+    """For the commands that look inside the model (attention, explain): the settings in float32,
+    whose numbers they compare with Hugging Face's, and the prompt text, checked."""
+
+    settings = resolve(command_line_layers(flags)).settings.model_copy(update={"dtype": "float32"})
+    text = read_prompt(prompt, file)
+    check_prompt(text)
+    return settings, text

@@ -34,13 +34,16 @@ def scaled_dot_product_attention(
     return weights @ value, weights
 
 
+def score_scale(scale: float | None, d_k: int) -> float:
+    """The factor the scores are multiplied by: `scale` as given, or 1/√d_k for None."""
+    return 1.0 / math.sqrt(d_k) if scale is None else scale
+
+
 def attention_scores(query: torch.Tensor, key: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     """Q Kᵀ times the scale, [..., q, k]. `scale=None` uses 1/√d_k.
 
     Scale first, then softmax: softmax of unscaled scores is a different (sharper) distribution."""
-    if scale is None:
-        scale = 1.0 / math.sqrt(query.size(-1))
-    return (query @ key.transpose(-2, -1)) * scale
+    return (query @ key.transpose(-2, -1)) * score_scale(scale, query.size(-1))
 
 
 def apply_mask(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -176,7 +179,7 @@ class MultiHeadSelfAttention(nn.Module):
                 fused.rows(start, start + n_embd) for start in (0, n_embd, 2 * n_embd)
             )
             attention.output = hf_attention.c_proj
-            return attention.to(device=fused.scales.device, dtype=fused.scales.dtype).eval()
+            return attention.eval()  # every parameter it had is replaced: nothing to move
         weights = hf_attention.c_attn.weight.detach().split(n_embd, dim=1)
         biases = hf_attention.c_attn.bias.detach().split(n_embd, dim=0)
         with torch.no_grad():

@@ -19,6 +19,7 @@ from gencli.scratch.attention import (
     attention_scores,
     causal_mask,
     scaled_dot_product_attention,
+    score_scale,
 )
 from gencli.scratch.model import ScratchGPT2
 from gencli.scratch.probe import attention_inputs, prompt_ids
@@ -102,7 +103,7 @@ def _steps(
     count = keys.size(0)
     row = query[position : position + 1]  # [1, head_dim]
     allowed = causal_mask(count, count, x.device)[position : position + 1]  # [1, T]
-    resolved_scale = scale if scale is not None else keys.size(-1) ** -0.5
+    resolved_scale = score_scale(scale, keys.size(-1))
     output, weights = scaled_dot_product_attention(row, keys, values, allowed, resolved_scale)
     return HeadSteps(
         x=x[position],

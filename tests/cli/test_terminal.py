@@ -7,25 +7,26 @@ import pytest
 pexpect = pytest.importorskip("pexpect")
 
 
-def test_start_up_status_names_each_step_then_clears(tiny_model_dir, user_dirs):
-    child = pexpect.spawn(
+def spawn_gencli(user_dirs, *args, rows=24):
+    """`gencli ARGS` on a pseudo-terminal of `rows` x 200, with the test's own user folders."""
+    return pexpect.spawn(
         sys.executable,
-        [
-            "-m",
-            "gencli",
-            "generate",
-            "Hello world",
-            "--model",
-            str(tiny_model_dir),
-            "-n",
-            "4",
-            "--mode",
-            "kv-cache",
-        ],
-        env={"XDG_DATA_HOME": str(user_dirs / "user-data"), "PATH": "/usr/bin:/bin", "TERM": "xterm"},
+        ["-m", "gencli", *args],
+        env={
+            "XDG_DATA_HOME": str(user_dirs / "user-data"),
+            "XDG_CONFIG_HOME": str(user_dirs / "user-config"),
+            "PATH": "/usr/bin:/bin",
+            "TERM": "xterm",
+        },
         encoding="utf-8",
         timeout=60,
-        dimensions=(24, 200),
+        dimensions=(rows, 200),
+    )
+
+
+def test_start_up_status_names_each_step_then_clears(tiny_model_dir, user_dirs):
+    child = spawn_gencli(
+        user_dirs, "generate", "Hello world", "--model", str(tiny_model_dir), "-n", "4", "--mode", "kv-cache"
     )
     child.expect("importing torch and transformers")
     child.expect(f"loading model {tiny_model_dir}")
@@ -36,19 +37,7 @@ def test_start_up_status_names_each_step_then_clears(tiny_model_dir, user_dirs):
 
 
 def spawn_chat(model, user_dirs, *args):
-    return pexpect.spawn(
-        sys.executable,
-        ["-m", "gencli", "chat", "--model", str(model), "--mode", "kv-cache", *args],
-        env={
-            "XDG_DATA_HOME": str(user_dirs / "user-data"),
-            "XDG_CONFIG_HOME": str(user_dirs / "user-config"),
-            "PATH": "/usr/bin:/bin",
-            "TERM": "xterm",
-        },
-        encoding="utf-8",
-        timeout=60,
-        dimensions=(40, 200),
-    )
+    return spawn_gencli(user_dirs, "chat", "--model", str(model), "--mode", "kv-cache", *args, rows=40)
 
 
 def test_chat_prompt_commands_ctrl_c_and_ctrl_d(tiny_model_dir, user_dirs):
@@ -99,15 +88,8 @@ def test_sigterm_ends_a_chat_where_ctrl_c_would_not(tiny_model_dir, user_dirs):
 
 
 def test_show_probs_colours_each_token_on_a_terminal(tiny_model_dir, user_dirs):
-    arguments = ["-m", "gencli", "generate", "Hello world", "--model", str(tiny_model_dir), "-n", "6"]
-    child = pexpect.spawn(
-        sys.executable,
-        [*arguments, "--mode", "kv-cache", "--show-probs", "--no-log"],
-        env={"XDG_DATA_HOME": str(user_dirs / "user-data"), "PATH": "/usr/bin:/bin", "TERM": "xterm"},
-        encoding="utf-8",
-        timeout=60,
-        dimensions=(40, 200),
-    )
+    arguments = ["generate", "Hello world", "--model", str(tiny_model_dir), "-n", "6"]
+    child = spawn_gencli(user_dirs, *arguments, "--mode", "kv-cache", "--show-probs", "--no-log", rows=40)
     child.expect(r"\x1b\[(3[12]|33|38;5;208)m")  # green, red, yellow or orange
     child.expect("Next-token probabilities")
     child.expect(pexpect.EOF)
@@ -121,25 +103,8 @@ def test_batch_records_never_share_a_line_with_the_progress_bar(tiny_model_dir, 
 
     source = tmp_path / "in.jsonl"
     source.write_text("".join(json.dumps({"id": str(i), "prompt": f"Prompt {i}"}) + "\n" for i in range(6)))
-    child = pexpect.spawn(
-        sys.executable,
-        [
-            "-m",
-            "gencli",
-            "batch",
-            str(source),
-            "--model",
-            str(tiny_model_dir),
-            "-n",
-            "3",
-            "--batch-size",
-            "2",
-        ],
-        env={"XDG_DATA_HOME": str(user_dirs / "user-data"), "PATH": "/usr/bin:/bin", "TERM": "xterm"},
-        encoding="utf-8",
-        timeout=60,
-        dimensions=(24, 200),
-    )
+    arguments = ["batch", str(source), "--model", str(tiny_model_dir), "-n", "3", "--batch-size", "2"]
+    child = spawn_gencli(user_dirs, *arguments)
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
