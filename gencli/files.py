@@ -14,7 +14,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     flushed to disk and renamed over `path` in one step. Readers see the old file or the new one,
     never a mix, and two processes writing at once leave one of their files whole (each writes
     its own temporary). If the block fails, `path` is left as it was. A symbolic link stays a
-    link: the file it points to is the one replaced."""
+    link: the file it points to is the one replaced. An error about the temporary names `path`,
+    the file the user asked for."""
     path = path.resolve() if path.is_symlink() else path
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
@@ -22,5 +23,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
         with partial.open("rb+") as written:
             os.fsync(written.fileno())
         os.replace(partial, path)
+    except OSError as problem:
+        if problem.filename == str(partial):
+            problem.filename = str(path)
+        raise
     finally:
         partial.unlink(missing_ok=True)

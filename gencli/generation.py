@@ -313,6 +313,7 @@ def generate_text(
             seed=seed,
             device=str(loaded.device),
             dtype=str(loaded.dtype).removeprefix("torch."),
+            weights=loaded.weights,
             cache_snapshots=snapshots,
             prompt_cache_tokens=reused,
             logprobs=None if logprobs is None else logprobs[: len(new_ids)],
@@ -387,6 +388,7 @@ def generate_batch(
                 seed=seed,
                 device=str(loaded.device),
                 dtype=str(loaded.dtype).removeprefix("torch."),
+                weights=loaded.weights,
                 logprobs=None if top_logprobs is None else logprobs[row][:count],
             )
         )

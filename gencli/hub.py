@@ -88,6 +88,22 @@ def download_model(model_id: str) -> Path:
         ) from None
 
 
+def pull_model(name: str) -> tuple[Path, str]:
+    """`gencli pull`: (the folder, its source) after downloading or updating hub model `name`.
+    The demo model and local folders are already here; an unreachable hub is said in one line
+    within the reachability check's bound, not after the hub client's retries."""
+    if name == DEMO_MODEL:
+        return bundled_model_dir(), "bundled"
+    if looks_like_path(name) or Path(name).expanduser().is_dir():
+        raise GencliError(f"{name!r} is a local folder, not a hub id: there is nothing to pull")
+    if not hub_is_reachable():
+        raise GencliError(
+            f"cannot pull {name!r}: the Hugging Face hub is unreachable (or HF_HUB_OFFLINE is set); "
+            "check the network or the HTTPS_PROXY setting"
+        )
+    return download_model(name), "hub cache"
+
+
 def model_folder(name: str) -> Path:
     """The local folder to load `name` from, downloading a hub model that is not cached yet.
 

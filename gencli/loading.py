@@ -9,8 +9,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from transformers.generation.stopping_criteria import StopStringCriteria
 
 from gencli.catalog import (
@@ -138,9 +146,10 @@ def load_model(
     quiet_libraries()
     name, folder, notice = runnable_folder(name, fallback)
     torch_device = resolve_device(device)
+    config = load_config(name, folder)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(folder), dtype=resolve_dtype(dtype, folder), local_files_only=True
+            str(folder), config=config, dtype=resolve_dtype(dtype, folder), local_files_only=True
         )
     except OSError as error:
         raise GencliError(
@@ -155,6 +164,7 @@ def load_model(
     model.to(torch_device).eval()
     quantize_model(model, quantize)
     tokenizer = load_tokenizer(folder, model.config.vocab_size)
+    check_vocabulary(name, tokenizer, model.config.vocab_size)
     loaded = LoadedModel(
         name=name,
         model=model,
@@ -168,6 +178,28 @@ def load_model(
     if tokenizer.name_or_path == str(BUNDLED_TOKENIZER):
         loaded.notices.append(f"{folder} has no tokenizer files: using gencli's bundled GPT-2 tokenizer")
     return loaded
+
+
+def load_config(name: str, folder: Path) -> PretrainedConfig:
+    """The folder's config, as transformers validates it: a value of the wrong type or out of range
+    (`"n_layer": "two"`) is one line naming the field, whichever error type the installed
+    transformers and huggingface_hub raise for it."""
+    try:
+        return AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    except (StrictDataclassError, TypeError, ValueError) as error:
+        detail = " ".join(str(error).split())
+        raise GencliError(
+            f"the config.json of model {name!r} in {folder} is not valid ({detail}); fix or replace it"
+        ) from None
+
+
+def check_vocabulary(name: str, tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> None:
+    """A tokenizer with ids the model has no embedding for would fail at the first such token."""
+    if len(tokenizer) > vocab_size:
+        raise GencliError(
+            f"model {name!r} embeds {vocab_size} tokens but its tokenizer has {len(tokenizer)}; ids "
+            f"from {vocab_size} on have no embedding: save the tokenizer it was trained with into its folder"
+        )
 
 
 ARCHITECTURES = {"gpt2": "GPT-2 124M: 12 layers, 12 heads, 768 wide, 50,257 tokens, 1,024 positions"}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as serialize
 
 from gencli.files import atomic_path
 from gencli.loading import LoadedModel
@@ -84,15 +84,18 @@ def save(
     path: Path, loaded: LoadedModel, prompt_ids: list[int], cache: object, extra: dict[str, str] | None = None
 ) -> None:
     """Write the first len(prompt_ids) positions of `cache` (a transformers or scratch cache),
-    atomically: a reader never sees a half-written file. `extra`: more string metadata."""
+    atomically: a reader never sees a half-written file. `extra`: more string metadata. A place
+    that cannot be written raises OSError: the bytes are made here and written by Python, since
+    safetensors' own file writer reports such failures as its own error type."""
     length = len(prompt_ids)
     tensors = {}
     for index, layer in enumerate(cache.layers):
         tensors[f"layer.{index}.keys"] = layer.keys[:, :, :length].contiguous()
         tensors[f"layer.{index}.values"] = layer.values[:, :, :length].contiguous()
     metadata = {**(extra or {}), **_expected_metadata(loaded), "token_ids": json.dumps(prompt_ids)}
+    data = serialize(tensors, metadata=metadata)
     with atomic_path(path) as partial:
-        save_file(tensors, partial, metadata=metadata)
+        partial.write_bytes(data)
 
 
 def restore(stored: StoredPrompt, length: int, cache: object) -> None:

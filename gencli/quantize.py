@@ -6,8 +6,9 @@ channel; activations stay in the model's dtype.
 so x · Wᵀ = (x · Qᵀ) · scale. On CPU the product is PyTorch's own int8 weight-only kernel,
 `aten._weight_int8pack_mm` (the one gpt-fast uses), which reads a quarter of float32's bytes per
 decode step, with its inputs in bfloat16 (or float16); everything else (layer norms, attention,
-the residual stream) stays in the model's dtype. Elsewhere, or where that kernel is missing, the
-weights are dequantized for an ordinary product. Every mode runs on the same `Int8Projection`
+the residual stream) stays in the model's dtype. Elsewhere, where that kernel is missing, or for
+an input width it cannot take (not a multiple of 16), the weights are dequantized for an ordinary
+product. Every mode runs on the same `Int8Projection`
 modules, so they agree with each other as they do in float32.
 """
 
@@ -19,6 +20,9 @@ from torch import nn
 from gencli.settings import Quantization
 
 INT8_KERNEL = hasattr(torch.ops.aten, "_weight_int8pack_mm")
+# The kernel reads the input width in blocks of 16 and does not check it: another width crashes
+# the process for two rows or more and returns garbage for one (measured, torch 2.13).
+KERNEL_WIDTH_MULTIPLE = 16
 
 
 def kernel_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -38,6 +42,7 @@ class Int8Projection(nn.Module):
         self.register_buffer("bias", bias)
         # The scales as the CPU kernel takes them, made once rather than at every product.
         self.register_buffer("kernel_scales", scales.to(kernel_dtype(scales.dtype)), persistent=False)
+        self.kernel_fits = INT8_KERNEL and weight.shape[1] % KERNEL_WIDTH_MULTIPLE == 0
 
     @classmethod
     def quantize(cls, weight: torch.Tensor, bias: torch.Tensor | None, *, layout: str) -> Int8Projection:
@@ -59,7 +64,7 @@ class Int8Projection(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.size(-1))  # [rows, in]
-        if x.device.type == "cpu" and INT8_KERNEL:
+        if x.device.type == "cpu" and self.kernel_fits:
             compute = kernel_dtype(x.dtype)
             scales = self.kernel_scales if self.kernel_scales.dtype == compute else self.scales.to(compute)
             product = torch.ops.aten._weight_int8pack_mm(flat.to(compute), self.weight, scales).to(x.dtype)

@@ -60,6 +60,8 @@ class GenerationResult:
     seed: int | None
     device: str
     dtype: str
+    # How the weights are stored: the dtype, or with --quantize int8 "float32+int8" (as bench says).
+    weights: str
     cache_snapshots: list[CacheSnapshot] | None = None
     prompt_cache_tokens: int = 0  # prompt positions restored from a prompt cache, not prefilled
     # With top_logprobs: per new token {"token", "text", "logprob", "top": [{"token", "text", "logprob"}]},
@@ -81,6 +83,7 @@ class GenerationResult:
             seed=data.get("seed"),
             device=data["device"],
             dtype=data["dtype"],
+            weights=data.get("weights", data["dtype"]),
             cache_snapshots=None if snapshots is None else [CacheSnapshot.from_dict(s) for s in snapshots],
             prompt_cache_tokens=data.get("prompt_cache_tokens", 0),
             logprobs=data.get("logprobs"),
@@ -99,6 +102,7 @@ class GenerationResult:
             "seed": self.seed,
             "device": self.device,
             "dtype": self.dtype,
+            "weights": self.weights,
             "prompt_cache_tokens": self.prompt_cache_tokens,
         }
         if self.logprobs is not None:

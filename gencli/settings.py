@@ -116,7 +116,7 @@ class DecodingOptions(BaseModel):
         ge=0,
     )
     suppress_tokens: tuple[int, ...] = _setting(
-        (), "must be a list of token ids (integers, 0 or more)", "Token ids never to generate."
+        (), "must be a list of token ids (integers in [0, 2**63))", "Token ids never to generate."
     )
     seed: int | None = _setting(
         None,
@@ -159,8 +159,11 @@ class DecodingOptions(BaseModel):
             except ValueError:
                 raise ValueError("token ids must be integers") from None
         if isinstance(value, list | tuple):
-            if not all(isinstance(item, int) and not isinstance(item, bool) and item >= 0 for item in value):
-                raise ValueError("token ids must be integers, 0 or more")
+            # torch holds ids as int64: a larger one would fail in every mode, past validation.
+            if not all(
+                isinstance(item, int) and not isinstance(item, bool) and 0 <= item < 2**63 for item in value
+            ):
+                raise ValueError("token ids must be integers in [0, 2**63)")
             return tuple(value)
         return value
 

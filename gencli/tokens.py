@@ -19,6 +19,18 @@ from gencli.errors import GencliError
 
 BUNDLED_TOKENIZER = resources.files("gencli") / "assets" / "gpt2-tokenizer"
 GPT2_VOCAB_SIZE = 50257
+# Hub models whose tokenizer is GPT-2's own, the one bundled: tokenizing for them needs no network.
+GPT2_TOKENIZER_MODELS = frozenset(
+    [
+        *(
+            f"{owner}gpt2{size}"
+            for owner in ("", "openai-community/")
+            for size in ("", "-medium", "-large", "-xl")
+        ),
+        "distilgpt2",
+        "distilbert/distilgpt2",
+    ]
+)
 
 
 def load_tokenizer(folder: Path, vocab_size: int | None = None) -> Any:
@@ -40,6 +52,21 @@ def load_tokenizer(folder: Path, vocab_size: int | None = None) -> Any:
         f"model folder {folder} has no tokenizer files and a vocabulary of {vocab_size} "
         "tokens; save its tokenizer into the model folder (tokenizer.save_pretrained(folder))"
     )
+
+
+def model_tokenizer(name: str, fallback: bool = False) -> tuple[Any, str, str | None]:
+    """(the tokenizer of model `name`, the model it belongs to, a notice or None), loading no
+    weights. A model here uses its own files; GPT-2's hub models use the bundled tokenizer, which
+    is theirs byte for byte; any other is fetched, or with `fallback` the demo model stands in."""
+    from transformers import AutoTokenizer
+
+    from gencli.catalog import locate_model
+    from gencli.hub import runnable_folder
+
+    if name in GPT2_TOKENIZER_MODELS and locate_model(name) is None:
+        return AutoTokenizer.from_pretrained(str(BUNDLED_TOKENIZER)), name, None
+    name, folder, notice = runnable_folder(name, fallback)
+    return load_tokenizer(folder), name, notice
 
 
 @cache

@@ -109,7 +109,16 @@ def main() -> None:
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     started = time.perf_counter()
-    train_text, held_out_text = split_corpus(read_paragraphs(args.corpus))
+    paragraphs = read_paragraphs(args.corpus)
+    if len(paragraphs) < HELD_OUT_EVERY:
+        print(
+            f"train_demo_model.py: error: {args.corpus} has {len(paragraphs)} paragraphs (text between "
+            f"blank lines); every {HELD_OUT_EVERY}th is held out for evaluation, so it needs at least "
+            f"{HELD_OUT_EVERY}",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    train_text, held_out_text = split_corpus(paragraphs)
     tokenizer = train_tokenizer(train_text, args.vocab_size)
     train_tokens, held_out_tokens = encode(tokenizer, train_text), encode(tokenizer, held_out_text)
     print(

@@ -166,7 +166,8 @@ command_argv = st.sampled_from(sorted(COMMAND_OPTIONS)).flatmap(
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(command_argv)
-def test_any_argv_for_every_command(tiny_model_dir, user_dirs, drawn):
+def test_any_argv_for_every_command(tiny_model_dir, user_dirs, monkeypatch, drawn):
+    monkeypatch.chdir(user_dirs)  # a drawn --png name is written here, never into the checkout
     command, pairs, arguments = drawn
     argv = [command, *arguments, *(word for pair in pairs for word in pair)]
     if any(flag == "--model" for flag, _ in pairs):

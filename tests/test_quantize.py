@@ -28,6 +28,18 @@ def test_the_kernel_and_the_dequantized_product_agree():
     assert projection(x[:1, :1]).shape == (1, 1, 96)
 
 
+@pytest.mark.parametrize("rows", [1, 3])
+def test_an_input_width_the_kernel_cannot_take_gets_the_dequantized_product(rows):
+    # The kernel reads widths in blocks of 16 without checking: 24 crashed the process for 3 rows
+    # and gave garbage (1e30, inf) for one.
+    torch.manual_seed(0)
+    projection = Int8Projection.quantize(torch.randn(24, 72), torch.randn(72), layout="in_out")
+    x = torch.randn(rows, 24)
+    expected = x @ projection.dequantized().t() + projection.bias
+    assert not projection.kernel_fits
+    assert torch.allclose(projection(x), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_rows_split_keeps_the_values_and_scales():
     torch.manual_seed(0)
     fused = Int8Projection.quantize(torch.randn(32, 96), torch.randn(96), layout="in_out")

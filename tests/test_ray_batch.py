@@ -32,6 +32,18 @@ def jsonl(records):
     return [json.dumps(record) for record in records]
 
 
+def without_logprobs(record: dict) -> dict:
+    return {key: value for key, value in record.items() if key != "logprobs"}
+
+
+def logprob_values(record: dict) -> list[float]:
+    return [
+        value
+        for step in record.get("logprobs", [])
+        for value in (step["logprob"], *(alternative["logprob"] for alternative in step["top"]))
+    ]
+
+
 def test_records_equal_the_local_run_in_input_order(tiny, tiny_model_dir, ray_instance):
     from gencli.ray_batch import run_batch_on_ray
 
@@ -41,7 +53,11 @@ def test_records_equal_the_local_run_in_input_order(tiny, tiny_model_dir, ray_in
     job = BatchJob("kv-cache", DecodingOptions(max_new_tokens=4), batch_size=2, top_logprobs=1)
     local = list(run_batch(tiny, lines, job))
     on_ray = list(run_batch_on_ray(lines, job, (tiny.name, tiny_model_dir), "cpu", "auto", workers=1))
-    assert on_ray == local
+    # A worker decodes on one thread, this process on two: the one-row products add in another
+    # order, so log-probabilities agree to rounding (1e-4, as between the modes); the rest exactly.
+    assert [without_logprobs(record) for record in on_ray] == [without_logprobs(record) for record in local]
+    for ray_record, local_record in zip(on_ray, local, strict=True):
+        assert logprob_values(ray_record) == pytest.approx(logprob_values(local_record), abs=1e-4)
     assert [r.get("id") for r in on_ray] == ["p0", "p1", "p2", None, "p4", "p1", "p5", "p6", "p7", "p8"]
     assert "not valid JSON" in on_ray[3]["error"] and "duplicate id 'p1'" in on_ray[5]["error"]
 

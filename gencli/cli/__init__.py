@@ -24,7 +24,7 @@ from gencli.cli import (
     tokenize,
     verify,
 )
-from gencli.cli.edge import GencliCommand, GencliGroup, handle_sigterm
+from gencli.cli.edge import GencliCommand, GencliGroup, guard_standard_streams, handle_sigterm
 
 
 def _print_version(value: bool) -> None:
@@ -83,5 +83,6 @@ def main() -> None:
     # busy process on a 2-core machine, 2-thread decode fell from 27 to 4.6 tokens/s spinning, and
     # kept 20.7 passive (idle: 26.9 and 33.6). A user's own setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    guard_standard_streams()
     handle_sigterm()
     app(prog_name="gencli")

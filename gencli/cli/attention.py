@@ -38,11 +38,12 @@ def attention(
     settings, text = inspection_inputs(prompt, file, flags)
     with startup_status("starting") as step:
         loaded = load(settings, step)
-        from gencli import render
+        from gencli.render.attention import print_attention_heatmap, save_attention_png
+        from gencli.render.console import stderr_console, stdout_console
         from gencli.scratch.probe import attention_map
 
     amap = attention_map(loaded, text, layer, head)
-    render.print_attention_heatmap(amap, render.stdout_console())
+    print_attention_heatmap(amap, stdout_console())
     if png is not None:
-        render.save_attention_png(amap, str(png))
-        render.stderr_console().print(f"wrote {png}")
+        save_attention_png(amap, str(png))
+        stderr_console().print(f"wrote {png}")

@@ -105,15 +105,16 @@ def batch(
         else:
             loaded, resolved = load_with_settings(layers, step)
             settings = resolved.settings
-        from gencli import render
         from gencli.batch import BatchJob, finished_ids, run_batch
+        from gencli.render.console import json_line
+        from gencli.render.progress import progress
 
     skip = finished_ids(output) if resume and output.exists() else set()
     target = open(output, "a" if resume else "w", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
     job = BatchJob(settings.mode, settings.decoding, batch_size, top_logprobs)
     failures = 0
     try:
-        with render.progress(sum(1 for line in lines if line.strip()), "prompts") as bar:
+        with progress(sum(1 for line in lines if line.strip()), "prompts") as bar:
             if on_ray:
                 model = (name, folder)
                 records = run_batch_on_ray(
@@ -124,7 +125,7 @@ def batch(
             for record in records:
                 failures += "error" in record
                 with bar.cleared(target):
-                    target.write(render.json_line(record))
+                    target.write(json_line(record))
                     target.flush()
     finally:
         if output:

@@ -94,10 +94,12 @@ def bench(
                     f"--compare {spec} runs {loaded_variant.weights}, which this bench runs already"
                 )
             variants.append(loaded_variant)
-        from gencli import render
         from gencli.bench import count_runs, run_bench
+        from gencli.render.bench import print_bench, save_bench_plot
+        from gencli.render.console import print_json, stderr_console, stdout_console
+        from gencli.render.progress import progress
 
-    with render.progress(count_runs(chosen, sweep, repeats, len(variants)), "bench") as advance:
+    with progress(count_runs(chosen, sweep, repeats, len(variants)), "bench") as advance:
         report = run_bench(
             loaded,
             chosen,
@@ -111,11 +113,11 @@ def bench(
             variants=tuple(variants),
         )
     if as_json:
-        render.print_json(report.to_dict())
+        print_json(report.to_dict())
     else:
-        render.print_bench(report, render.stdout_console())
+        print_bench(report, stdout_console())
     if plot is not None and not report.interrupted:
-        render.save_bench_plot(report, str(plot))
-        render.stderr_console().print(f"wrote {plot}")
+        save_bench_plot(report, str(plot))
+        stderr_console().print(f"wrote {plot}")
     if report.interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)

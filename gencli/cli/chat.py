@@ -27,6 +27,7 @@ from gencli.cli.options import (
     with_options,
 )
 from gencli.errors import GencliError
+from gencli.render.words import plural
 
 COMMANDS = {
     "/help": "this list",
@@ -43,19 +44,21 @@ COMMANDS = {
 
 class Repl:
     def __init__(self, session: Any, as_json: bool, quiet: bool):
-        from gencli import render
+        from gencli.render.console import stderr_console
 
         self.session = session
         self.as_json = as_json
         self.quiet = quiet
-        self.render = render
-        self.console = render.stderr_console()
+        self.console = stderr_console()
         self.failures = 0
 
     def turn(self, text: str) -> None:
         from gencli.chat import ChatInterrupted
+        from gencli.render.console import print_json
+        from gencli.render.stats import print_turn_stats
+        from gencli.render.text import HeldBackWriter
 
-        writer = None if self.as_json else self.render.HeldBackWriter(self.session.decoding.stop)
+        writer = None if self.as_json else HeldBackWriter(self.session.decoding.stop)
         try:
             turn = self.session.send(text, writer)
         except ChatInterrupted as interrupted:
@@ -70,13 +73,13 @@ class Repl:
             writer.finish(turn.reply)
         if turn.dropped_turns:
             notice(
-                f"dropped the {turn.dropped_turns} oldest turn(s) to fit the context of "
+                f"dropped the {plural(turn.dropped_turns, 'oldest turn')} to fit the context of "
                 f"{self.session.loaded.context_length} tokens; the cache was rebuilt for the rest"
             )
         if self.as_json:
-            self.render.print_json(turn.to_dict())
+            print_json(turn.to_dict())
         if not self.quiet:
-            self.render.print_turn_stats(turn, self.console)
+            print_turn_stats(turn, self.console)
 
     def command(self, line: str) -> bool:
         """Run a /command; False when it ends the session."""
@@ -103,16 +106,10 @@ class Repl:
             self.console.print("the transcript and the cache are empty")
         elif name in ("/save", "/load"):
             path = Path(self._one_path(name, argument)).expanduser()
-            if name == "/save":
-                positions = self.session.save(path)
-                self.console.print(
-                    f"saved {len(self.session.turns)} turns and {positions} cached positions to {path}"
-                )
-            else:
-                positions = self.session.load(path)
-                self.console.print(
-                    f"loaded {len(self.session.turns)} turns and {positions} cached positions from {path}"
-                )
+            saved = name == "/save"
+            positions = self.session.save(path) if saved else self.session.load(path)
+            held = f"{plural(len(self.session.turns), 'turn')} and {plural(positions, 'cached position')}"
+            self.console.print(f"saved {held} to {path}" if saved else f"loaded {held} from {path}")
         else:
             raise GencliError(f"unknown command {name}; /help lists them")
         return True
@@ -126,8 +123,8 @@ class Repl:
 
     def _cache_line(self, what: str) -> str:
         return (
-            f"{what}: the transcript is {self.session.transcript_tokens()} tokens, the cache holds "
-            f"{len(self.session.prefix.token_ids)} positions"
+            f"{what}: the transcript is {plural(self.session.transcript_tokens(), 'token')}, the cache holds "
+            f"{plural(len(self.session.prefix.token_ids), 'position')}"
         )
 
     def set_option(self, argument: str) -> None:
@@ -164,7 +161,9 @@ class Repl:
         if not snapshot.layers:
             self.console.print("The KV cache is empty.")
             return
-        self.console.print(self.render.cache_table(snapshot, "now"))
+        from gencli.render.cache import cache_table
+
+        self.console.print(cache_table(snapshot, "now"))
 
     def handle(self, line: str) -> bool:
         """One line: a /command or a turn. Problems are one line on stderr; the session goes on.

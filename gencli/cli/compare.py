@@ -62,12 +62,13 @@ def compare(
             other = load_other_weights(resolved.settings, against, "--against", step, arch)
             if other.weights == loaded.weights:
                 raise GencliError(f"--against {against} is what --dtype runs already; pick other weights")
-        from gencli import render
         from gencli.compare import compare_modes
+        from gencli.render.compare import print_comparison
+        from gencli.render.console import print_json, stdout_console
 
     comparison = compare_modes(loaded, text, resolved.settings.decoding, chosen, other)
     if as_json:
-        render.print_json(comparison.to_dict())
+        print_json(comparison.to_dict())
     else:
-        render.print_comparison(comparison, loaded.tokenizer, render.stdout_console())
+        print_comparison(comparison, loaded.tokenizer, stdout_console())
     raise typer.Exit(EXIT_INTERRUPTED if comparison.interrupted else 0 if comparison.agree else 1)

@@ -31,22 +31,23 @@ config_app = typer.Typer(
 def show(as_json: JsonOption = False, flags: dict[str, Any] | None = None) -> None:
     """Print every setting's effective value and where it came from. Takes the same options as
     generate, so it shows what a run with them would use."""
-    from gencli import render
     from gencli.catalog import locate_model
+    from gencli.render.console import print_json, stdout_console
+    from gencli.render.settings import print_settings
     from gencli.settings import resolve
 
     layers = command_line_layers(flags)
     resolved = resolve(layers)
     resolved = resolve(layers, locate_model(resolved.settings.model))
     if as_json:
-        render.print_json(
+        print_json(
             {
                 key: {"value": value, "source": resolved.origins[key]}
                 for key, value in resolved.settings.model_dump(mode="json").items()
             }
         )
     else:
-        render.print_settings(resolved, render.stdout_console())
+        print_settings(resolved, stdout_console())
 
 
 @config_app.command()

@@ -4,6 +4,9 @@ notices and the start-up status go to stderr."""
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import io
 import os
 import signal
 import sys
@@ -71,6 +74,41 @@ def _os_error(problem: OSError) -> int:
         return 1
     error(f"{problem.filename}: {problem.strerror or problem}; check the path")
     return 2
+
+
+class _ClosedStream(io.TextIOBase):
+    """What stdout becomes when the shell closed it (`>&-`): writing fails as it does on a closed
+    descriptor, so the output error is the usual one line and exit 1."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "stdout is closed")
+
+
+def _is_writable(descriptor: int) -> bool:
+    """False for a closed descriptor, and for one a launcher reused to read a file (a shell
+    script's own, once the shell found the number free)."""
+    try:
+        mode = fcntl.fcntl(descriptor, fcntl.F_GETFL) & os.O_ACCMODE
+    except OSError:
+        return False
+    return mode in (os.O_WRONLY, os.O_RDWR)
+
+
+def guard_standard_streams() -> None:
+    """Streams the shell closed (`>&-`, `2>&-`). Descriptors 1 and 2 are held open on the null
+    device, so that no file gencli opens later gets their number (a library's write to stderr
+    would land in it). A closed stderr only silences the notices; a closed stdout fails at the
+    first write of output, as in the shell."""
+    for descriptor, name in ((1, "stdout"), (2, "stderr")):
+        if _is_writable(descriptor):
+            continue
+        null = os.open(os.devnull, os.O_WRONLY if name == "stderr" else os.O_RDONLY)
+        os.dup2(null, descriptor)
+        os.close(null)
+        setattr(sys, name, open(os.devnull, "w") if name == "stderr" else _ClosedStream())  # noqa: SIM115
 
 
 class Terminated(KeyboardInterrupt):

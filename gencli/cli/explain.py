@@ -50,7 +50,8 @@ def explain(
 
     Example: gencli explain "The cat sat on the mat" --layer 2 --head 1
     """
-    from gencli import render
+    from gencli.render.console import print_json, stdout_console
+    from gencli.render.explain import print_explanation, print_worked_example
 
     if worked_example:
         if prompt is not None or file is not None:
@@ -59,9 +60,9 @@ def explain(
 
         example = work()
         if as_json:
-            render.print_json(example.to_dict())
+            print_json(example.to_dict())
         else:
-            render.print_worked_example(example, render.stdout_console())
+            print_worked_example(example, stdout_console())
         return
 
     settings, text = inspection_inputs(prompt, file, flags)
@@ -71,6 +72,6 @@ def explain(
 
     explained = walk(loaded, text, layer, head, position)
     if as_json:
-        render.print_json(explained.to_dict())
+        print_json(explained.to_dict())
     else:
-        render.print_explanation(explained, render.stdout_console(), dims)
+        print_explanation(explained, stdout_console(), dims)

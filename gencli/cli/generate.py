@@ -30,7 +30,7 @@ from gencli.errors import GencliError
 from gencli.settings import CACHED_MODES, DECODING_KEYS, DecodingOptions, Layer, check_prompt, resolve
 
 if TYPE_CHECKING:
-    from gencli.render import TextWriter
+    from gencli.render.text import TextWriter
     from gencli.results import GenerationResult
 
 
@@ -103,6 +103,11 @@ def generate(
         raise GencliError(
             f"--prompt-cache {prompt_cache} is not a regular file; gencli will not read or replace it"
         )
+    if prompt_cache is not None and not prompt_cache_ro and not prompt_cache.parent.is_dir():
+        raise GencliError(
+            f"--prompt-cache {prompt_cache}: the folder {prompt_cache.parent} does not exist; create it "
+            "or choose another path"
+        )
     inspection = "steps" if inspect_cache_steps else "ends" if inspect_cache else None
     if show_probs and top_logprobs is None:
         top_logprobs = 5
@@ -116,15 +121,13 @@ def generate(
 
     with startup_status("starting") as step:
         loaded, resolved = load_with_settings(layers, step)
-        from gencli import render
         from gencli.generation import GenerationInterrupted, PromptCacheFile, generate_text
+        from gencli.render.text import ProbabilityWriter, TextWriter
 
     settings = resolved.settings
     cache_file = PromptCacheFile(prompt_cache, prompt_cache_ro) if prompt_cache else None
     coloured = show_probs and not as_json
-    writer = (
-        None if as_json else render.ProbabilityWriter(loaded.tokenizer) if coloured else render.TextWriter()
-    )
+    writer = None if as_json else ProbabilityWriter(loaded.tokenizer) if coloured else TextWriter()
     exit_code = 0
     try:
         result = generate_text(
@@ -156,16 +159,18 @@ def report(
     decoding: DecodingOptions,
 ) -> None:
     """Everything after the text, for a local run and a server's alike."""
-    from gencli import render
+    from gencli.render.cache import print_cache_report
+    from gencli.render.console import print_json, stderr_console
+    from gencli.render.stats import print_logprobs, print_stats
 
     result.timings.total_s = time.perf_counter() - STARTED
     if as_json:
-        render.print_json(result.to_dict())
+        print_json(result.to_dict())
     else:
         writer.finish()
-    console = render.stderr_console()
+    console = stderr_console()
     if inspection and not as_json:
-        render.print_cache_report(
+        print_cache_report(
             result.mode,
             result.mode in CACHED_MODES,
             result.cache_snapshots or [],
@@ -173,9 +178,9 @@ def report(
             console,
         )
     if result.logprobs is not None and not as_json and not quiet:
-        render.print_logprobs(result.logprobs, console)
+        print_logprobs(result.logprobs, console)
     if not quiet:
-        render.print_stats(result, console)
+        print_stats(result, console)
     if log:
         log_run(result, decoding.model_dump(mode="json"))
 
@@ -192,8 +197,8 @@ def generate_remote(
 ) -> None:
     """The run on a gencli serve: the settings the user gave go with the prompt (the server's
     own fill the rest), and the record that comes back is reported as a local one would be."""
-    from gencli import render
     from gencli.client import generate_remote as post
+    from gencli.render.text import TextWriter
     from gencli.results import GenerationResult
 
     resolved = resolve(layers)
@@ -207,7 +212,7 @@ def generate_remote(
     payload.update(prompt=text, inspect_cache=inspection or False)
     if top_logprobs is not None:
         payload["top_logprobs"] = top_logprobs
-    writer = None if as_json else render.TextWriter()
+    writer = None if as_json else TextWriter()
     try:
         record = post(server, payload, api_key, writer)
     except KeyboardInterrupt:  # closing the connection cancels the run on the server

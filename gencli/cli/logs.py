@@ -17,13 +17,15 @@ def logs(
     path: Annotated[bool, typer.Option("--path", help="Print the history file's location and exit.")] = False,
 ) -> None:
     """Show the most recent runs: when, model, mode, prompt and reply, oldest first."""
-    from gencli import history, render
+    from gencli import history
+    from gencli.render.console import print_json, stdout_console
+    from gencli.render.settings import print_history
 
     if path:
         typer.echo(str(history.history_path()))
         return
     runs = history.read_last(count or None)
     if as_json:
-        render.print_json(runs)
+        print_json(runs)
     else:
-        render.print_history(runs, render.stdout_console())
+        print_history(runs, stdout_console())

@@ -18,35 +18,39 @@ ModelArgument = Annotated[
 def models(as_json: JsonOption = False) -> None:
     """List the models here: the bundled demo model and the local Hugging Face cache. Those gencli
     cannot run are listed apart, with the reason."""
-    from gencli import render
     from gencli.catalog import list_models
+    from gencli.render.console import print_json, stdout_console
+    from gencli.render.models import print_models
 
     entries = list_models()
     if as_json:
-        render.print_json([entry.to_dict() for entry in entries])
+        print_json([entry.to_dict() for entry in entries])
     else:
-        render.print_models(entries, render.stdout_console())
+        print_models(entries, stdout_console())
 
 
 def pull(model: ModelArgument) -> None:
     """Download a hub model into the local Hugging Face cache (config first: another architecture
-    is refused before any weights), or bring a cached one up to date."""
-    from gencli import render
+    is refused before any weights), or bring a cached one up to date. The demo model is bundled:
+    there is nothing to pull."""
     from gencli.catalog import describe_folder
-    from gencli.hub import download_model
+    from gencli.hub import pull_model
+    from gencli.render.console import stdout_console
+    from gencli.render.models import print_models
 
-    folder = download_model(model)
-    render.print_models([describe_folder(model, folder, "hub cache")], render.stdout_console())
+    folder, source = pull_model(model)
+    print_models([describe_folder(model, folder, source)], stdout_console())
 
 
 def show(model: ModelArgument, as_json: JsonOption = False) -> None:
     """Describe a model that is here: architecture, parameters, context, dtype, size on disk,
     tokenizer and generation config. Reads its files; loads nothing."""
-    from gencli import render
     from gencli.catalog import describe_model
+    from gencli.render.console import print_json, stdout_console
+    from gencli.render.models import print_model_description
 
     description = describe_model(model)
     if as_json:
-        render.print_json(description.to_dict())
+        print_json(description.to_dict())
     else:
-        render.print_model_description(description, render.stdout_console())
+        print_model_description(description, stdout_console())

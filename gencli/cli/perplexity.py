@@ -58,15 +58,17 @@ def perplexity(
     settings = resolve(command_line_layers(flags)).settings
     with startup_status("starting") as step:
         loaded = load(settings, step)
-        from gencli import render
         from gencli.perplexity import measure_perplexity, prepare
+        from gencli.render.console import print_json, stdout_console
+        from gencli.render.perplexity import print_perplexity
+        from gencli.render.progress import progress
 
     job = prepare(loaded, text, context, stride)
-    with render.progress(len(job.ids) - 1, "tokens scored") as bar:
+    with progress(len(job.ids) - 1, "tokens scored") as bar:
         report = measure_perplexity(loaded, job, on_window=bar)
     if as_json:
-        render.print_json(report.to_dict())
+        print_json(report.to_dict())
     else:
-        render.print_perplexity(report, render.stdout_console())
+        print_perplexity(report, stdout_console())
     if report.interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)

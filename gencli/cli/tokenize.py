@@ -25,13 +25,12 @@ from gencli.settings import Settings, check_prompt, resolve
 def _tokenizer(settings: Settings) -> tuple[Any, str]:
     """The tokenizer of the model the settings name, and that model's name (the demo model's when
     it stands in)."""
-    from gencli.hub import runnable_folder
-    from gencli.tokens import load_tokenizer
+    from gencli.tokens import model_tokenizer
 
-    name, folder, fallback = runnable_folder(settings.model, settings.fallback)
+    tokenizer, name, fallback = model_tokenizer(settings.model, settings.fallback)
     if fallback:
         notice(fallback)
-    return load_tokenizer(folder), name
+    return tokenizer, name
 
 
 @with_options(MODEL, SOURCES)
@@ -49,18 +48,17 @@ def tokenize(
     check_prompt(text)
     with startup_status("loading the tokenizer"):
         tokenizer, name = _tokenizer(settings)
-        from gencli import render
+        from gencli.render.console import print_json, stdout_console
+        from gencli.render.tokens import print_tokens
         from gencli.tokens import tokenize as split
 
     pieces = split(tokenizer, text)
     if ids:
         typer.echo(" ".join(str(piece.id) for piece in pieces))
     elif as_json:
-        render.print_json(
-            {"model": name, "count": len(pieces), "tokens": [piece.to_dict() for piece in pieces]}
-        )
+        print_json({"model": name, "count": len(pieces), "tokens": [piece.to_dict() for piece in pieces]})
     else:
-        render.print_tokens(pieces, render.stdout_console())
+        print_tokens(pieces, stdout_console())
 
 
 @with_options(MODEL, SOURCES)
@@ -75,7 +73,8 @@ def detokenize(
     settings = resolve(command_line_layers(flags)).settings
     with startup_status("loading the tokenizer"):
         tokenizer, name = _tokenizer(settings)
-        from gencli import render
+        from gencli.render.console import print_json
+        from gencli.render.text import TextWriter
 
     outside = [token for token in token_ids if not 0 <= token < len(tokenizer)]
     if outside:
@@ -85,7 +84,7 @@ def detokenize(
         )
     text = tokenizer.decode(token_ids)
     if as_json:
-        render.print_json({"model": name, "ids": token_ids, "text": text})
+        print_json({"model": name, "ids": token_ids, "text": text})
     else:
-        render.TextWriter().write(text)
+        TextWriter().write(text)
         typer.echo("")

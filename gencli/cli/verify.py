@@ -32,12 +32,13 @@ def verify(
         check_prompt(prompt)
     with startup_status("starting") as step:
         loaded = load(settings, step, arch)
-        from gencli import render
+        from gencli.render.console import print_json, stdout_console
+        from gencli.render.verify import print_verify_report
         from gencli.scratch.verify import verify as verify_model
 
     report = verify_model(loaded, prompts)
     if as_json:
-        render.print_json(report.to_dict())
+        print_json(report.to_dict())
     else:
-        render.print_verify_report(report, render.stdout_console())
+        print_verify_report(report, stdout_console())
     raise typer.Exit(0 if report.passed else 1)

@@ -8,6 +8,7 @@ from transformers.cache_utils import DynamicCache
 
 from gencli.engines.base import DecodeRequest, Engine
 from gencli.sampling import generate_kwargs
+from gencli.transformers_compat import cache_argument
 
 
 class HFGenerateEngine(Engine):
@@ -41,7 +42,7 @@ class HFGenerateEngine(Engine):
             output = self.model.generate(
                 input_ids,
                 attention_mask=torch.ones_like(input_ids) if attention_mask is None else attention_mask,
-                past_key_values=request.cache,
+                **cache_argument(request.cache),
                 streamer=request.streamer,
                 # Ours replace generate's own criteria of the same types, so every mode stops alike.
                 stopping_criteria=request.stopping,

@@ -18,6 +18,7 @@ from transformers.cache_utils import StaticCache
 
 from gencli.engines.base import CachedStepEngine
 from gencli.gemv import fast_projection, with_fast_one_row_projections
+from gencli.transformers_compat import cache_argument
 
 
 class KVCacheEngine(CachedStepEngine):
@@ -46,7 +47,7 @@ class KVCacheEngine(CachedStepEngine):
     ) -> torch.Tensor:
         body = self.transformer(
             new_tokens,
-            past_key_values=cache,
+            **cache_argument(cache),
             attention_mask=attention_mask,
             position_ids=positions,
             use_cache=True,

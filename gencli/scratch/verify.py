@@ -20,6 +20,7 @@ from gencli.scratch.attention import KVCache, MultiHeadSelfAttention, causal_mas
 from gencli.scratch.model import ScratchGPT2
 from gencli.scratch.probe import attention_inputs
 from gencli.settings import DecodingOptions
+from gencli.transformers_compat import cache_argument
 
 DEFAULT_PROMPTS = (
     "Hello world! The meaning of life is",
@@ -163,7 +164,7 @@ def check_incremental(loaded: LoadedModel, prompt: str, attention: AttentionFact
         for start, end in [(0, prefill), *((t, t + 1) for t in range(prefill, seq))]:
             step = x[:, start:end]
             hf_mask = additive_mask(causal_mask(end - start, end, x.device)[None, None], x.dtype)
-            expected.append(hf_attention(step, past_key_values=hf_cache, attention_mask=hf_mask)[0])
+            expected.append(hf_attention(step, attention_mask=hf_mask, **cache_argument(hf_cache))[0])
             actual.append(ours(step, cache=our_cache)[0])
         checks.append(compare("c", index, torch.cat(expected, 1), torch.cat(actual, 1), ATTENTION_ATOL))
     return checks

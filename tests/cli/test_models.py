@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from gencli.catalog import DEMO_MODEL
@@ -78,11 +79,32 @@ def test_show_a_model_that_is_not_here(hub_cache):
     assert "not here" in result.stderr and "gencli pull someone/else" in result.stderr
 
 
-def test_pull_offline_is_one_line(hub_cache):
+def test_pull_offline_is_one_line_before_any_retry(hub_cache, monkeypatch):
+    def no_download(name):
+        raise AssertionError("the hub client (and its retries) must not run offline")
+
+    monkeypatch.setattr("gencli.hub.download_model", no_download)
     result = runner.invoke(app, ["pull", "someone/else"])
     assert result.exit_code == 2 and result.stdout == ""
-    assert result.stderr.startswith("gencli: error: cannot download model 'someone/else'")
-    assert len(result.stderr.splitlines()) == 1
+    assert result.stderr == (
+        "gencli: error: cannot pull 'someone/else': the Hugging Face hub is unreachable (or HF_HUB_OFFLINE "
+        "is set); check the network or the HTTPS_PROXY setting\n"
+    )
+
+
+def test_pull_demo_goes_nowhere_near_the_hub(hub_cache, monkeypatch):
+    monkeypatch.setattr("gencli.hub.hub_is_reachable", lambda: pytest.fail("pull demo asked the hub"))
+    result = runner.invoke(app, ["pull", "demo"])
+    assert result.exit_code == 0 and result.stderr == ""
+    assert "demo" in result.stdout and "bundled" in result.stdout
+
+
+def test_pull_a_local_folder_is_one_line(tiny_model_dir, hub_cache):
+    result = runner.invoke(app, ["pull", str(tiny_model_dir)])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"gencli: error: '{tiny_model_dir}' is a local folder, not a hub id: there is nothing to pull\n"
+    )
 
 
 def test_truncated_weights_are_one_line(tiny_model_dir, tmp_path):

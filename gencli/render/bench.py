@@ -1,0 +1,93 @@
+"""`gencli bench`: speed per mode and weights, the rooflines, and the report as a plot."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.table import Table
+
+from gencli.render.console import human_bytes
+from gencli.render.plots import load_pyplot, save_figure
+
+if TYPE_CHECKING:
+    from gencli.bench import BenchReport, BenchRow
+
+
+def _bench_table(title: str, report: BenchReport, rows: list[BenchRow]) -> Table:
+    table = Table(
+        title=title, title_justify="left", caption="times in ms, peak memory in MiB", caption_justify="left"
+    )
+    for column in ("mode", "tokens", "prefill", "TTFT", "tok/s", "p50", "p95", "peak", "BW", "GEMV"):
+        table.add_column(column, justify="left" if column == "mode" else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(
+            row.mode,
+            f"{row.prompt_tokens}+{row.new_tokens}",
+            f"{row.prefill_s * 1000:.1f}",
+            f"{row.ttft_s * 1000:.1f}",
+            f"{row.decode_tokens_per_s:.1f}",
+            f"{row.latency_p50_ms:.1f}",
+            f"{row.latency_p95_ms:.1f}",
+            "n/a" if row.peak_memory_bytes is None else f"{row.peak_memory_bytes / 2**20:.1f}",
+            f"{report.bandwidth_fraction(row):.0%}",
+            f"{report.gemv_fraction(row):.0%}",
+        )
+    return table
+
+
+def print_bench(report: BenchReport, console: Console) -> None:
+    if report.interrupted:
+        console.print(f"Interrupted: the {len(report.headline) + len(report.sweep)} rows measured before it.")
+    if not report.read_bandwidth_samples:
+        return
+    load = "" if report.machine_load is None else f" · load average {report.machine_load[0]:.2f}"
+    plural = "" if report.threads == 1 else "s"
+    wait_policy = os.environ.get("OMP_WAIT_POLICY", "unset")
+    threads = f"{report.threads} thread{plural} (OMP_WAIT_POLICY {wait_policy})"
+    console.print(
+        f"{report.model} · {report.device} {report.weights} · {threads}{load} · "
+        f"weights read per token {human_bytes(report.weight_bytes)}",
+        soft_wrap=True,
+    )
+    for name, median, samples in (
+        ("plain read", report.read_bandwidth_bytes_per_s, report.read_bandwidth_samples),
+        ("one-row product (GEMV)", report.gemv_bandwidth_bytes_per_s, report.gemv_bandwidth_samples),
+    ):
+        console.print(
+            f"roofline, {name}: {median / 1e9:.1f} GB/s (median of {len(samples)}, one before "
+            f"each round of runs: {min(samples) / 1e9:.1f}-{max(samples) / 1e9:.1f})",
+            soft_wrap=True,
+        )
+    console.print(_bench_table(f"Headline run, {report.weights} (medians)", report, report.headline))
+    if report.sweep:
+        console.print(_bench_table("By total length (medians)", report, report.sweep))
+    for variant in report.variants:
+        title = f"Headline run, {variant.weights} (medians)"
+        console.print(_bench_table(title, variant, variant.headline))
+    console.print(
+        "tok/s: decode tokens/s; BW and GEMV: weight bytes read per token x tok/s as a share of the "
+        "plain-read and the one-row-product roofline; peak MiB: memory above the level before the runs",
+        soft_wrap=True,
+    )
+    for name, value in report.ratios().items():
+        console.print(f"{name.replace('_', ' ')}: {value:.2f}" + ("" if "fraction" in name else "x"))
+
+
+def save_bench_plot(report: BenchReport, path: str) -> None:
+    pyplot = load_pyplot()
+    figure, axes = pyplot.subplots(figsize=(7, 4.5))
+    for mode in dict.fromkeys(row.mode for row in report.sweep):
+        rows = [row for row in report.sweep if row.mode == mode]
+        axes.plot(
+            [r.total_tokens for r in rows], [r.decode_tokens_per_s for r in rows], marker="o", label=mode
+        )
+    axes.set_xscale("log", base=2)
+    axes.set_yscale("log")
+    axes.set_xlabel("total tokens (prompt + new)")
+    axes.set_ylabel("decode tokens/s")
+    axes.set_title(f"{report.model}, {report.device} {report.weights}")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend()
+    save_figure(figure, pyplot, path, "--plot")

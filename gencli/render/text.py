@@ -1,0 +1,98 @@
+"""Streamed text on stdout: written raw (never through rich markup), so `[brackets]` in it survive
+and pipes receive exactly the model's text; coloured by probability with --show-probs."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from rich.console import Console
+
+
+class TextWriter:
+    """Writes streamed text to stdout as it arrives, and ends the output with one newline."""
+
+    def __init__(self) -> None:
+        self.last_char = "\n"
+
+    def __call__(self, text: str) -> None:
+        self.write(text)
+
+    def write(self, text: str) -> None:
+        if not text:
+            return
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        self.last_char = text[-1]
+
+    def finish(self) -> None:
+        if self.last_char != "\n":
+            self.write("\n")
+
+
+class HeldBackWriter(TextWriter):
+    """Streams text but holds back an ending that could be the start of a stop string, so that a
+    reply ended by the next speaker's tag (`\nUser:`) never shows the tag; `finish(kept)`
+    writes what remains of the reply as kept."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        super().__init__()
+        self.stops = stops
+        self.received = ""
+        self.written = 0
+
+    def __call__(self, text: str) -> None:
+        self.received += text
+        held = max(
+            (
+                size
+                for stop in self.stops
+                for size in range(len(stop), 0, -1)
+                if self.received.endswith(stop[:size])
+            ),
+            default=0,
+        )
+        safe = len(self.received) - held
+        if safe > self.written:
+            self.write(self.received[self.written : safe])
+            self.written = safe
+
+    def finish(self, kept: str | None = None) -> None:
+        kept = self.received if kept is None else kept
+        if len(kept) > self.written and kept.startswith(self.received[: self.written]):
+            self.write(kept[self.written :])
+        super().finish()
+
+
+class ProbabilityWriter(TextWriter):
+    """Writes each new token coloured by its probability (green likely ... red unlikely). A token
+    may hold part of a character: bytes wait until the character is whole, and take the colour of
+    the token that completes it. Off a terminal, plain text."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        import codecs
+
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.console = Console(highlight=False)
+
+    def token(self, record: dict[str, Any]) -> None:
+        import math
+
+        from rich.text import Text
+
+        from gencli.tokens import token_bytes
+
+        text = self.decoder.decode(token_bytes(self.tokenizer, record["token"]))
+        if text:
+            self.console.print(Text(text, style=probability_style(math.exp(record["logprob"]))), end="")
+            self.console.file.flush()
+            self.last_char = text[-1]
+
+
+def probability_style(probability: float) -> str:
+    for floor, style in ((0.5, "green"), (0.2, "yellow"), (0.05, "dark_orange"), (0.0, "red")):
+        if probability >= floor:
+            return style
+    return "red"
