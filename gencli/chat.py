@@ -115,7 +115,9 @@ class ChatSession:
         # Allocated once for the whole context: every turn writes into the same cache.
         self.prefix = CachedPrefix(engine.new_cache(loaded.context_length))
         self.turns: list[Turn] = []
-        self.turns_sent = 0
+        # The number of the newest turn: turns dropped to fit the context still count, undone
+        # ones do not.
+        self.last_turn_number = 0
 
     @property
     def transcript(self) -> str:
@@ -161,8 +163,8 @@ class ChatSession:
             result, interrupted = stopped.result, True
         reply = self._without_stop(result)
         self.turns.append(Turn(entry, reply))
-        self.turns_sent += 1
-        turn = TurnResult(self.turns_sent, result, reply, dropped, len(self.prefix.token_ids))
+        self.last_turn_number += 1
+        turn = TurnResult(self.last_turn_number, result, reply, dropped, len(self.prefix.token_ids))
         if interrupted:
             raise ChatInterrupted(turn)
         return turn
@@ -181,11 +183,13 @@ class ChatSession:
         if not self.turns:
             return None
         dropped = self.turns.pop()
+        self.last_turn_number -= 1
         self._crop_to_transcript()
         return dropped
 
     def reset(self) -> None:
         self.turns = []
+        self.last_turn_number = 0
         self.prefix.keep(0)
 
     def _crop_to_transcript(self) -> None:
@@ -219,5 +223,6 @@ class ChatSession:
         prompt_cache.restore(stored, len(stored.token_ids), self.prefix.cache)
         self.prefix.token_ids = list(stored.token_ids)
         self.turns = turns
+        self.last_turn_number = len(turns)
         self.template = ChatTemplate(stored.extra.get("gencli_chat_template", self.template.text))
         return len(stored.token_ids)

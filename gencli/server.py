@@ -297,7 +297,7 @@ def completion_request(body: Any, defaults: Settings, vocab_size: int) -> Parsed
     )
 
 
-GENERATE_FIELDS = {"prompt", "stream", "inspect_cache", "top_logprobs", "mode", *DECODING_KEYS}
+GENERATE_FIELDS = {"model", "prompt", "stream", "inspect_cache", "top_logprobs", "mode", *DECODING_KEYS}
 
 
 def generate_request(body: Any, defaults: Settings, vocab_size: int) -> ParsedRequest:
@@ -427,9 +427,8 @@ def create_app(
             }
         )
 
-    async def completions(request: Request) -> Response:
-        authorize(request)
-        body = await read_json(request)
+    def check_model(body: Any) -> None:
+        """A request may name the model; it must be the one this server runs."""
         if isinstance(body, dict) and body.get("model") not in (None, loaded.name):
             raise ApiError(
                 404,
@@ -437,6 +436,11 @@ def create_app(
                 param="model",
                 code="model_not_found",
             )
+
+    async def completions(request: Request) -> Response:
+        authorize(request)
+        body = await read_json(request)
+        check_model(body)
         parsed = completion_request(body, settings, vocab_size)
         job = Job(parsed, asyncio.get_running_loop())
         identity = {
@@ -485,7 +489,9 @@ def create_app(
 
     async def generate(request: Request) -> Response:
         authorize(request)
-        parsed = generate_request(await read_json(request), settings, vocab_size)
+        body = await read_json(request)
+        check_model(body)
+        parsed = generate_request(body, settings, vocab_size)
         job = Job(parsed, asyncio.get_running_loop())
 
         async def stream(job: Job) -> AsyncIterator[str]:

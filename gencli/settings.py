@@ -334,7 +334,7 @@ def user_data_dir() -> Path:
 
 
 def preset_names() -> tuple[str, ...]:
-    folder = resources.files("gencli") / "presets"
+    folder = resources.files("gencli.presets")
     return tuple(
         sorted(entry.name.removesuffix(".toml") for entry in folder.iterdir() if entry.name.endswith(".toml"))
     )
@@ -343,7 +343,7 @@ def preset_names() -> tuple[str, ...]:
 def preset_path(name: str) -> Path:
     if name not in preset_names():
         raise GencliError(f"unknown preset {name!r}; choose from {', '.join(preset_names())}")
-    return Path(str(resources.files("gencli") / "presets" / f"{name}.toml"))
+    return Path(str(resources.files("gencli.presets") / f"{name}.toml"))
 
 
 def toml_layer(path: Path, source: str, describe: str | None = None) -> Layer:

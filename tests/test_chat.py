@@ -64,10 +64,12 @@ def test_undo_crops_the_cache_and_the_next_turn_is_still_exact(tiny):
     assert len(session.prefix.token_ids) <= len(encoded)
     assert session.prefix.token_ids == encoded[: len(session.prefix.token_ids)]
     turn = session.send(ENTRIES[2])
+    assert turn.number == 2  # the undone turn no longer counts
     assert turn.result.token_ids == one_shot(session, turn)
     assert turn.cached_tokens >= common_prefix_length(encoded, turn.result.prompt_token_ids) - 1
     session.reset()
     assert session.turns == [] and session.prefix.token_ids == [] and session.undo() is None
+    assert session.send(ENTRIES[0]).number == 1
 
 
 @pytest.mark.parametrize("mode", ["kv-cache", "scratch", "generate"])

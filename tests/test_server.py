@@ -302,6 +302,32 @@ def test_a_refused_request_is_the_servers_message(served):
     assert "exceeds the model's context" in result.stderr
 
 
+def test_a_model_named_with_server_must_be_the_served_one(served, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from gencli.cli import app
+
+    argv = [
+        "generate",
+        "Hi",
+        "-n",
+        "2",
+        "-q",
+        "--no-log",
+        "--server",
+        served.url,
+        "--api-key",
+        served.api_key,
+    ]
+    same = CliRunner().invoke(app, [*argv, "-m", str(tiny_model_dir)])
+    assert same.exit_code == 0 and same.stdout, same.stderr
+    other = CliRunner().invoke(app, argv, env={"GENCLI_MODEL": "gpt2"})
+    assert other.exit_code == 2 and other.stdout == ""
+    assert other.stderr == (
+        f"gencli: error: the server refused the request: this server runs '{tiny_model_dir}', not 'gpt2'\n"
+    )
+
+
 def test_completion_logprobs_match_local_generate(tiny, client):
     completion = client.completions.create(model=tiny.name, prompt="Hello world", max_tokens=5, logprobs=2)
     expected = generate_text(

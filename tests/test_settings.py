@@ -44,9 +44,18 @@ def test_every_preset_loads(name):
     resolve([toml_layer(preset_path(name), "preset")])
 
 
-def test_presets_ship_inside_the_package():
-    assert set(preset_names()) >= {"creative", "default", "focused"}
-    assert "gencli" in preset_path("creative").parts
+def test_presets_live_in_configs_and_install_as_gencli_presets():
+    root = Path(__file__).parent.parent
+    assert set(preset_names()) == {path.stem for path in (root / "configs").glob("*.toml")}
+    assert preset_path("creative").read_bytes() == (root / "configs" / "creative.toml").read_bytes()
+    setuptools = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setuptools["package-dir"] == {"gencli.presets": "configs"}
+    assert setuptools["package-data"]["gencli.presets"] == ["*.toml"]
+    # The package list is written out (a mapped folder cannot be found): it must name every package.
+    folders = {
+        ".".join(init.parent.relative_to(root).parts) for init in (root / "gencli").rglob("__init__.py")
+    }
+    assert set(setuptools["packages"]) == folders | {"gencli.presets"}
     with pytest.raises(GencliError, match="unknown preset 'wild'; choose from creative, default, focused"):
         preset_path("wild")
 

@@ -11,6 +11,8 @@ from gencli.cli.edge import load, startup_status
 from gencli.cli.options import (
     MODEL,
     SOURCES,
+    HeadOption,
+    LayerOption,
     PromptArgument,
     PromptFileOption,
     inspection_inputs,
@@ -22,8 +24,8 @@ from gencli.cli.options import (
 def attention(
     prompt: PromptArgument = None,
     file: PromptFileOption = None,
-    layer: Annotated[int, typer.Option("--layer", "-l", help="Layer, from 0.")] = 0,
-    head: Annotated[int, typer.Option("--head", "-H", help="Attention head, from 0.")] = 0,
+    layer: LayerOption = 0,
+    head: HeadOption = 0,
     png: Annotated[
         Path | None,
         typer.Option(help="Also write the heatmap as a PNG image (needs matplotlib).", dir_okay=False),

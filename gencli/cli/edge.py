@@ -30,13 +30,27 @@ EXIT_INTERRUPTED = 130
 STARTED = time.perf_counter()
 
 
+# Every character str.splitlines() breaks at: a file name or value holding one must not split a message.
+_LINE_BREAKS = str.maketrans(
+    {
+        character: character.encode("unicode_escape").decode()
+        for character in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+    }
+)
+
+
+def one_line(message: str) -> str:
+    """The message with its line breaks written as escapes (\\n, \\x1e, ...)."""
+    return message.translate(_LINE_BREAKS)
+
+
 def error(message: str) -> None:
-    sys.stderr.write(f"gencli: error: {message}\n")
+    sys.stderr.write(f"gencli: error: {one_line(message)}\n")
     sys.stderr.flush()
 
 
 def notice(message: str) -> None:
-    sys.stderr.write(f"gencli: {message}\n")
+    sys.stderr.write(f"gencli: {one_line(message)}\n")
     sys.stderr.flush()
 
 

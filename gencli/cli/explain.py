@@ -11,7 +11,9 @@ from gencli.cli.edge import load, startup_status
 from gencli.cli.options import (
     MODEL,
     SOURCES,
+    HeadOption,
     JsonOption,
+    LayerOption,
     PromptArgument,
     PromptFileOption,
     inspection_inputs,
@@ -24,10 +26,8 @@ from gencli.errors import GencliError
 def explain(
     prompt: PromptArgument = None,
     file: PromptFileOption = None,
-    layer: Annotated[
-        int, typer.Option("--layer", "-l", help="Layer, from 0; negative counts from the end.")
-    ] = 0,
-    head: Annotated[int, typer.Option("--head", "-H", help="Attention head, from 0.")] = 0,
+    layer: LayerOption = 0,
+    head: HeadOption = 0,
     position: Annotated[
         int, typer.Option("--position", "-p", help="The query's token position, from 0; -1 is the last.")
     ] = -1,

@@ -16,7 +16,7 @@ from gencli.cli.options import (
     MODE,
     MODEL,
     SOURCES,
-    ApiKeyOption,
+    ClientApiKeyOption,
     JsonOption,
     PromptArgument,
     PromptFileOption,
@@ -85,7 +85,7 @@ def generate(
             show_envvar=False,
         ),
     ] = None,
-    api_key: ApiKeyOption = None,
+    api_key: ClientApiKeyOption = None,
     flags: dict[str, Any] | None = None,
 ) -> None:
     """Continue PROMPT with GPT-2, streaming the text to stdout and timings to stderr.
@@ -196,18 +196,17 @@ def generate_remote(
     quiet: bool,
 ) -> None:
     """The run on a gencli serve: the settings the user gave go with the prompt (the server's
-    own fill the rest), and the record that comes back is reported as a local one would be."""
+    own fill the rest), and the record that comes back is reported as a local one would be. A
+    model the user named goes too: the server refuses one it does not run."""
     from gencli.client import generate_remote as post
     from gencli.render.text import TextWriter
     from gencli.results import GenerationResult
 
     resolved = resolve(layers)
-    if resolved.origins["model"] == "--model":
-        raise GencliError("--model does not apply with --server: the server runs its own model")
     payload: dict[str, Any] = {
         key: value
         for key, value in resolved.settings.model_dump(mode="json").items()
-        if (key in DECODING_KEYS or key == "mode") and resolved.origins[key] != "default"
+        if (key in DECODING_KEYS or key in ("mode", "model")) and resolved.origins[key] != "default"
     }
     payload.update(prompt=text, inspect_cache=inspection or False)
     if top_logprobs is not None:

@@ -260,7 +260,7 @@ ArchOption = Annotated[
         show_default=False,
     ),
 ]
-ApiKeyOption = Annotated[
+ServerApiKeyOption = Annotated[
     str | None,
     typer.Option(
         "--api-key",
@@ -269,6 +269,23 @@ ApiKeyOption = Annotated[
         show_default=False,
         show_envvar=False,
     ),
+]
+ClientApiKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="GENCLI_API_KEY",
+        help="The key the --server requires, sent as 'Authorization: Bearer KEY' (or GENCLI_API_KEY).",
+        show_default=False,
+        show_envvar=False,
+    ),
+]
+# Layers and heads as `attention` and `explain` take them; check_index counts negatives from the end.
+LayerOption = Annotated[
+    int, typer.Option("--layer", "-l", help="Layer, from 0; negative counts from the end (-1 is the last).")
+]
+HeadOption = Annotated[
+    int, typer.Option("--head", "-H", help="Attention head, from 0; negative counts from the end.")
 ]
 ModesOption = Annotated[
     list[str] | None,

@@ -16,7 +16,7 @@ from gencli.cli.options import (
     MODE,
     MODEL,
     SOURCES,
-    ApiKeyOption,
+    ServerApiKeyOption,
     command_line_layers,
     with_options,
 )
@@ -38,7 +38,7 @@ def serve(
         str, typer.Option(help="Address to listen on; loopback unless you say otherwise.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
-    api_key: ApiKeyOption = None,
+    api_key: ServerApiKeyOption = None,
     max_queue: Annotated[
         int, typer.Option(help="Requests that may wait for the model; more get 503 with Retry-After.", min=1)
     ] = 16,

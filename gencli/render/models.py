@@ -11,9 +11,14 @@ from rich.table import Table
 from gencli.catalog import ModelDescription, ModelEntry
 from gencli.render.console import human_bytes
 
+UNWRAPPED = 100_000  # a width no table reaches: off a terminal, each row is one line
+
 
 def print_models(entries: list[ModelEntry], console: Console) -> None:
-    """Models gencli can run, then the others apart with the reason; paths wrap, never cut."""
+    """Models gencli can run, then the others apart with the reason. On a terminal, paths wrap
+    to its width (never cut); off one, nothing wraps, so a path stays whole for grep and cut."""
+    if not console.is_terminal:
+        console = Console(file=console.file, width=UNWRAPPED, highlight=False)
     runnable = [entry for entry in entries if entry.runnable]
     others = [entry for entry in entries if not entry.runnable]
     table = Table(title="Models gencli can run here", title_justify="left")
@@ -29,7 +34,10 @@ def print_models(entries: list[ModelEntry], console: Console) -> None:
         table.add_row(entry.name, entry.source, parameters, human_bytes(entry.size_bytes), entry.path)
     console.print(table)
     if not any(entry.source == "hub cache" for entry in runnable):
-        console.print("No runnable hub models in the local Hugging Face cache (gencli pull MODEL adds one).")
+        console.print(
+            "No runnable hub models in the local Hugging Face cache (gencli pull MODEL adds one).",
+            soft_wrap=True,
+        )
     if others:
         table = Table(title="Cached models gencli cannot run", title_justify="left")
         for column in ("name", "reason", "path"):

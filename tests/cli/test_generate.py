@@ -38,6 +38,25 @@ def test_streams_text_to_stdout_and_timings_to_stderr(tiny_model_dir):
     assert "\x1b[" not in result.stdout + result.stderr  # no escape codes off a terminal
 
 
+def test_the_stats_line_counts_in_words_and_names_int8_weights(tiny_model_dir):
+    result = gencli("Hi", "--model", tiny_model_dir, "-n", 1, "--quantize", "int8")
+    assert result.exit_code == 0, result.output
+    assert "generate · 1 prompt token · 1 new token (length) · " in result.stderr
+    assert result.stderr.endswith(" · cpu float32+int8\n")
+
+
+def test_every_mode_runs_without_a_warning_in_a_real_process(tiny_model_dir):
+    # compare runs the four modes in one process; stderr must hold nothing, deprecations included.
+    done = subprocess.run(
+        [sys.executable, "-m", "gencli", "compare", "Hello", "--model", str(tiny_model_dir), "-n", "3"],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0 and "agree" in done.stdout
+    assert done.stderr == ""
+
+
 def test_quiet_hides_timings(tiny_model_dir):
     result = gencli("Hello world", "--model", tiny_model_dir, "-n", 3, "--quiet")
     assert result.exit_code == 0 and result.stderr == ""
@@ -299,6 +318,11 @@ def test_a_prompt_cache_that_is_not_a_regular_file_is_refused(tiny_model_dir, tm
         gencli("Hi", "--model", tiny_model_dir, "--mode", "kv-cache", "--prompt-cache", "/dev/null"),
         "--prompt-cache /dev/null is not a regular file",
     )
+
+
+def test_a_file_name_holding_a_line_break_stays_one_line(tiny_model_dir):
+    result = gencli("--model", tiny_model_dir, "-f", "notes\x1e.txt\nmore")
+    assert_one_line_error(result, "cannot read the prompt file notes\\x1e.txt\\nmore")
 
 
 def test_stdin_that_is_not_utf8_is_one_line(tiny_model_dir):

@@ -1,6 +1,7 @@
 """`gencli models`, `show` and `pull`, and refusing other architectures before any weights."""
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -35,10 +36,20 @@ def test_models_lists_what_gencli_cannot_run_apart(tiny_model_dir, hub_cache, tm
     assert "someone/llama" in others and "'llama' model" in others
 
 
-def test_models_table_wraps_paths_at_80_columns():
-    table = runner.invoke(app, ["models"], terminal_width=80).stdout
-    assert max(map(len, table.splitlines())) <= 80
+def test_models_table_wraps_paths_on_an_80_column_terminal(tiny_model_dir, hub_cache):
+    snapshot = populate_hub_cache(hub_cache, "someone/tiny-gpt2", tiny_model_dir)
+    assert len(str(snapshot)) > 80
+    # TTY_COMPATIBLE: rich draws as on a terminal; NO_COLOR keeps escape codes out of the widths.
+    on_a_terminal = {"TTY_COMPATIBLE": "1", "NO_COLOR": "1"}
+    table = runner.invoke(app, ["models"], terminal_width=80, env=on_a_terminal).stdout
+    assert max(len(re.sub(r"\x1b\[[0-9;]*m", "", line)) for line in table.splitlines()) <= 80
     assert "…" not in table  # nothing is cut off
+
+
+def test_off_a_terminal_a_path_stays_on_one_line(tiny_model_dir, hub_cache):
+    snapshot = populate_hub_cache(hub_cache, "someone/tiny-gpt2", tiny_model_dir)
+    table = runner.invoke(app, ["models"], terminal_width=80).stdout
+    assert any(str(snapshot) in line for line in table.splitlines())
 
 
 def test_another_architecture_is_refused_before_its_weights(tmp_path):

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from gencli.cli import app
@@ -16,6 +17,16 @@ def test_ids_and_back(tiny_model_dir):
     assert ids.exit_code == 0 and ids.stdout == " ".join(map(str, KNOWN_IDS)) + "\n"
     text = runner.invoke(app, ["detokenize", *map(str, KNOWN_IDS), "--model", str(tiny_model_dir)])
     assert text.exit_code == 0 and text.stdout == KNOWN + "\n"
+
+
+def test_the_readme_example_runs_offline_on_the_bundled_gpt2_tokenizer(hub_cache, monkeypatch):
+    monkeypatch.setattr(
+        "gencli.hub.hub_is_reachable", lambda: pytest.fail("tokenizing for gpt2 asked the hub")
+    )
+    ids = runner.invoke(app, ["tokenize", "--ids", "Hello world"])
+    assert ids.exit_code == 0 and ids.stdout == "15496 995\n" and ids.stderr == ""
+    text = runner.invoke(app, ["detokenize", "15496", "995", "0", "-m", "openai-community/gpt2"])
+    assert text.exit_code == 0 and text.stdout == "Hello world!\n"
 
 
 def test_table_and_count(tiny_model_dir):

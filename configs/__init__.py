@@ -1,0 +1,1 @@
+"""The settings files `--preset NAME` reads; installed as the package gencli.presets."""
