@@ -105,7 +105,8 @@ def test_gencli_endpoint_returns_the_generate_json_record(tiny, served):
         ("/v1/completions", {"prompt": ["a", "b"]}, 400, "one prompt"),
         ("/v1/completions", {"prompt": [99999999]}, 400, "token ids must be in"),
         ("/v1/generate", {"prompt": "Hi", "max_new_tokens": 0}, 400, "'max_new_tokens' must be an integer"),
-        ("/v1/generate", {"prompt": "Hi", "model": "demo"}, 400, "unknown field(s): model"),
+        ("/v1/generate", {"prompt": "Hi", "model": "demo"}, 404, "this server runs"),
+        ("/v1/generate", {"prompt": "Hi", "colour": "red"}, 400, "unknown field(s): colour"),
         ("/v1/generate", {"prompt": ""}, 400, "the prompt is empty"),
     ],
 )

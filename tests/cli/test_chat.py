@@ -61,7 +61,7 @@ def test_undo_then_the_same_line_gives_the_same_turn(tiny_model_dir):
     result = chat(tiny_model_dir, ["Hello", "What news?", "/undo", "What news?"], "--json")
     assert result.exit_code == 0, result.output
     _, second, again = records(result)
-    assert again["token_ids"] == second["token_ids"] and again["turn"] == 3
+    assert again["token_ids"] == second["token_ids"] and again["turn"] == 2  # the undone turn is gone
     assert again["cache"]["reused"] >= second["cache"]["reused"]
     assert "dropped the last turn" in result.stderr
 
