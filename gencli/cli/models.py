@@ -39,7 +39,7 @@ def pull(model: ModelArgument) -> None:
     from gencli.render.models import print_models
 
     folder, source = pull_model(model)
-    print_models([describe_folder(model, folder, source)], stdout_console())
+    print_models([describe_folder(model, folder, source)], stdout_console(), suggest_pull=False)
 
 
 def show(model: ModelArgument, as_json: JsonOption = False) -> None:

@@ -14,7 +14,7 @@ from gencli.render.console import human_bytes
 UNWRAPPED = 100_000  # a width no table reaches: off a terminal, each row is one line
 
 
-def print_models(entries: list[ModelEntry], console: Console) -> None:
+def print_models(entries: list[ModelEntry], console: Console, suggest_pull: bool = True) -> None:
     """Models gencli can run, then the others apart with the reason. On a terminal, paths wrap
     to its width (never cut); off one, nothing wraps, so a path stays whole for grep and cut."""
     if not console.is_terminal:
@@ -33,7 +33,7 @@ def print_models(entries: list[ModelEntry], console: Console) -> None:
         parameters = "-" if entry.parameters is None else f"{entry.parameters / 1e6:.1f}M"
         table.add_row(entry.name, entry.source, parameters, human_bytes(entry.size_bytes), entry.path)
     console.print(table)
-    if not any(entry.source == "hub cache" for entry in runnable):
+    if suggest_pull and not any(entry.source == "hub cache" for entry in runnable):
         console.print(
             "No runnable hub models in the local Hugging Face cache (gencli pull MODEL adds one).",
             soft_wrap=True,

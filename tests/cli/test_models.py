@@ -107,7 +107,7 @@ def test_pull_demo_goes_nowhere_near_the_hub(hub_cache, monkeypatch):
     monkeypatch.setattr("gencli.hub.hub_is_reachable", lambda: pytest.fail("pull demo asked the hub"))
     result = runner.invoke(app, ["pull", "demo"])
     assert result.exit_code == 0 and result.stderr == ""
-    assert "demo" in result.stdout and "bundled" in result.stdout
+    assert "demo" in result.stdout and "bundled" in result.stdout and "gencli pull" not in result.stdout
 
 
 def test_pull_a_local_folder_is_one_line(tiny_model_dir, hub_cache):
