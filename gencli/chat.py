@@ -23,6 +23,7 @@ from gencli.generation import GenerationInterrupted, GenerationResult, generate_
 from gencli.loading import LoadedModel
 from gencli.prefix import CachedPrefix, common_prefix_length
 from gencli.settings import DecodingOptions, check_prompt
+from gencli.stop_strings import without_stop
 
 DIALOGUE_TEMPLATE = "\nUser: {text}\nAssistant:"
 RAW_TEMPLATE = "{text}"
@@ -47,6 +48,25 @@ class ChatTemplate:
     def stop(self) -> tuple[str, ...]:
         speaker = self.text.split("{text}")[0].rstrip(" ")
         return (speaker,) if speaker.strip() else ()
+
+
+def chat_prompt(
+    tokenizer: Any, messages: list[dict[str, str]], template: ChatTemplate | None = None
+) -> tuple[str, tuple[str, ...]]:
+    """The document a model continues for `messages` ({role, content}, the last one the user's),
+    and the stop strings that end its reply. A checkpoint whose tokenizer has a chat template
+    renders through it (its end-of-turn token ends the reply). Any other takes the dialogue
+    template of `gencli chat`: a system message as it is, each user message as the template's
+    entry, each assistant message as the reply after it: the transcript a chat session builds
+    from the same turns."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), ()
+    template = template or ChatTemplate()
+    document = "".join(
+        template.entry(message["content"]) if message["role"] == "user" else message["content"]
+        for message in messages
+    )
+    return document, template.stop
 
 
 @dataclass(frozen=True)
@@ -172,10 +192,9 @@ class ChatSession:
     def _without_stop(self, result: GenerationResult) -> str:
         """The reply as it stays: a stop string that ended it is the next speaker's tag, which
         the next entry writes itself."""
-        if result.finish_reason != "stop":
-            return result.text
-        cut = max((result.text.rfind(stop) for stop in self.decoding.stop), default=-1)
-        return result.text[:cut] if cut >= 0 else result.text
+        return (
+            without_stop(result.text, self.decoding.stop) if result.finish_reason == "stop" else result.text
+        )
 
     def undo(self) -> Turn | None:
         """Drop the last turn: the cache is cropped back to the transcript before it, with no

@@ -67,6 +67,9 @@ class GenerationResult:
     # With top_logprobs: per new token {"token", "text", "logprob", "top": [{"token", "text", "logprob"}]},
     # log-probabilities under the processed scores the token was chosen from.
     logprobs: list[dict[str, Any]] | None = None
+    # With a scored prompt (the server's `echo` with `logprobs`): per prompt token the same record,
+    # under the raw model; the first token's logprob is None.
+    prompt_logprobs: list[dict[str, Any]] | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GenerationResult:
@@ -87,6 +90,7 @@ class GenerationResult:
             cache_snapshots=None if snapshots is None else [CacheSnapshot.from_dict(s) for s in snapshots],
             prompt_cache_tokens=data.get("prompt_cache_tokens", 0),
             logprobs=data.get("logprobs"),
+            prompt_logprobs=data.get("prompt_logprobs"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -107,6 +111,8 @@ class GenerationResult:
         }
         if self.logprobs is not None:
             result["logprobs"] = self.logprobs
+        if self.prompt_logprobs is not None:
+            result["prompt_logprobs"] = self.prompt_logprobs
         if self.cache_snapshots is not None:
             final = self.cache_snapshots[-1] if self.cache_snapshots else None
             result["cache"] = [layer.to_dict() for layer in final.layers] if final else []

@@ -169,7 +169,7 @@ def stop_server(server: Server) -> int:
 @pytest.fixture(scope="session")
 def served(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One `gencli serve` of the tiny model for the session: kv-cache, greedy, 8 new tokens by
-    default, an API key, and a queue of 8."""
+    default, an API key, a queue of 8, and 'gpt2' as a second name for the model."""
     server = start_server(
         tiny_model_dir,
         tmp_path_factory.mktemp("serve-home"),
@@ -179,6 +179,10 @@ def served(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         "8",
         "--max-queue",
         "8",
+        "--served-model-name",
+        str(tiny_model_dir),
+        "--served-model-name",
+        "gpt2",
     )
     yield server
     stop_server(server)

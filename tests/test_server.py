@@ -90,9 +90,11 @@ def test_gencli_endpoint_returns_the_generate_json_record(tiny, served):
     [
         ("/v1/completions", b"{not json", 400, "not valid JSON"),
         ("/v1/completions", {"model": "gpt-4", "prompt": "Hi"}, 404, "this server runs"),
-        ("/v1/completions", {"prompt": "Hi", "n": 2}, 400, "'n' = 2 is not supported"),
+        ("/v1/completions", {"prompt": "Hi", "n": 0}, 400, "'n' must be an integer, 1 or more"),
+        ("/v1/completions", {"prompt": ["a"] * 9, "n": 2}, 400, "prompts x n must be at most 16, got 9 x 2"),
         ("/v1/completions", {"prompt": "Hi", "best_of": 3}, 400, "'best_of'"),
-        ("/v1/completions", {"prompt": "Hi", "logprobs": 2, "stream": True}, 400, "'logprobs' with 'stream'"),
+        ("/v1/completions", {"prompt": "Hi", "max_tokens": 0}, 400, "'max_tokens' = 0 generates nothing"),
+        ("/v1/completions", {"prompt": "Hi", "echo": True, "stream": True}, 400, "'echo' with 'stream'"),
         (
             "/v1/completions",
             {"prompt": "Hi", "logprobs": 99},
@@ -101,13 +103,28 @@ def test_gencli_endpoint_returns_the_generate_json_record(tiny, served):
         ),
         ("/v1/completions", {"prompt": "Hi", "colour": "red"}, 400, "unknown field(s): colour"),
         ("/v1/completions", {"prompt": "Hi", "top_p": 2}, 400, "'top_p' must be a number in (0, 1]"),
-        ("/v1/completions", {"prompt": "Hi", "max_tokens": 5000}, 400, "exceeds the model's context"),
-        ("/v1/completions", {"prompt": ["a", "b"]}, 400, "one prompt"),
+        (
+            "/v1/completions",
+            {"prompt": "Hi", "max_tokens": 5000},
+            400,
+            "context of 1024 tokens; use max_tokens",
+        ),
+        ("/v1/completions", {"prompt": [["a"]]}, 400, "'prompt' must be a string, a list of token ids"),
+        ("/v1/chat/completions", {"messages": []}, 400, "'messages' must be a non-empty list"),
+        ("/v1/chat/completions", {"messages": [{"role": "bot", "content": "x"}]}, 400, "messages[0] must"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": 3}]}, 400, "must be text"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2},
+            400,
+            "needs",
+        ),
         ("/v1/completions", {"prompt": [99999999]}, 400, "token ids must be in"),
         ("/v1/generate", {"prompt": "Hi", "max_new_tokens": 0}, 400, "'max_new_tokens' must be an integer"),
         ("/v1/generate", {"prompt": "Hi", "model": "demo"}, 404, "this server runs"),
         ("/v1/generate", {"prompt": "Hi", "colour": "red"}, 400, "unknown field(s): colour"),
         ("/v1/generate", {"prompt": ""}, 400, "the prompt is empty"),
+        ("/v1/generate", {"prompt": "Hi", "max_new_tokens": 5000}, 400, "; use max_new_tokens"),
     ],
 )
 def test_bad_requests_get_openai_style_errors(served, path, body, status, fragment):
@@ -322,10 +339,13 @@ def test_a_model_named_with_server_must_be_the_served_one(served, tiny_model_dir
     ]
     same = CliRunner().invoke(app, [*argv, "-m", str(tiny_model_dir)])
     assert same.exit_code == 0 and same.stdout, same.stderr
-    other = CliRunner().invoke(app, argv, env={"GENCLI_MODEL": "gpt2"})
+    alias = CliRunner().invoke(app, argv, env={"GENCLI_MODEL": "gpt2"})  # a --served-model-name
+    assert alias.exit_code == 0 and alias.stdout, alias.stderr
+    other = CliRunner().invoke(app, argv, env={"GENCLI_MODEL": "gpt-4"})
     assert other.exit_code == 2 and other.stdout == ""
     assert other.stderr == (
-        f"gencli: error: the server refused the request: this server runs '{tiny_model_dir}', not 'gpt2'\n"
+        f"gencli: error: the server refused the request: this server runs '{tiny_model_dir}', 'gpt2', "
+        "not 'gpt-4'\n"
     )
 
 
@@ -343,3 +363,158 @@ def test_completion_logprobs_match_local_generate(tiny, client):
     assert logprobs.tokens == [step["text"] for step in expected.logprobs]
     assert all(len(top) <= 2 for top in logprobs.top_logprobs)
     assert logprobs.text_offset[0] == 0
+
+
+# --- what the ecosystem's clients send: chat, scoring, OpenAI's stop semantics, n, aliases ---
+
+
+def chat_document(*turns):
+    """gencli chat's dialogue template over user (str) and assistant (tuple) turns."""
+    return "".join(f"\nUser: {turn}\nAssistant:" if isinstance(turn, str) else turn[0] for turn in turns)
+
+
+def test_chat_completions_plain_and_streamed_equal_local_generate(tiny, client):
+    messages = [{"role": "user", "content": "Good morning."}]
+    reply = client.chat.completions.create(model=tiny.name, messages=messages, max_tokens=8)
+    expected = local(tiny, chat_document("Good morning."), stop=("\nUser:",))
+    choice = reply.choices[0]
+    assert choice.message.role == "assistant" and reply.object == "chat.completion"
+    assert choice.message.content == expected.text.removesuffix("\nUser:")
+    assert reply.usage.prompt_tokens == len(expected.prompt_token_ids)
+    chunks = list(
+        client.chat.completions.create(model=tiny.name, messages=messages, max_tokens=8, stream=True)
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks) == choice.message.content
+    assert chunks[-1].choices[0].finish_reason == choice.finish_reason
+
+
+def test_a_chat_turn_with_history_and_a_system_message_is_the_chat_document(tiny, client):
+    messages = [
+        {"role": "system", "content": "A letter."},
+        {"role": "user", "content": "Dear Sir,"},
+        {"role": "assistant", "content": " I write"},
+        {"role": "user", "content": [{"type": "text", "text": "Go on."}]},
+    ]
+    reply = client.chat.completions.create(
+        model=tiny.name, messages=messages, max_tokens=6, logprobs=True, top_logprobs=2
+    )
+    expected = local(
+        tiny,
+        "A letter." + chat_document("Dear Sir,", (" I write",), "Go on."),
+        stop=("\nUser:",),
+        max_new_tokens=6,
+    )
+    assert reply.choices[0].message.content == expected.text
+    content = reply.choices[0].logprobs.content
+    assert [entry.token for entry in content] == [tiny.tokenizer.decode([t]) for t in expected.token_ids]
+    assert all(
+        len(entry.top_logprobs) == 2 and entry.bytes == list(entry.token.encode()) for entry in content
+    )
+
+
+def test_a_stop_string_is_left_out_of_the_text_streamed_or_not(tiny, client):
+    plain = local(tiny, "It is a truth universally", max_new_tokens=8)
+    stop = plain.text[3:5]  # two characters the model does write
+    completion = client.completions.create(model=tiny.name, prompt="It is a truth universally", stop=[stop])
+    text = completion.choices[0].text
+    assert completion.choices[0].finish_reason == "stop"
+    assert stop not in text and plain.text.startswith(text)
+    streamed = client.completions.create(
+        model=tiny.name, prompt="It is a truth universally", stop=[stop], stream=True
+    )
+    assert "".join(chunk.choices[0].text for chunk in streamed) == text
+
+
+def test_echo_scoring_shaped_like_lm_eval_equals_the_models_own_log_softmax(tiny, served):
+    import torch
+
+    ids = tiny.tokenizer.encode("The cat sat on the mat because it was tired")
+    body = {"prompt": [ids], "max_tokens": 1, "logprobs": 1, "echo": True, "temperature": 0, "seed": 1234}
+    body["model"] = tiny.name
+    response = httpx.post(served.url + "/v1/completions", json=body, headers=headers(served), timeout=60)
+    choice = response.json()["choices"][0]
+    logprobs = choice["logprobs"]
+    with torch.inference_mode():
+        expected = torch.log_softmax(tiny.model(torch.tensor([ids])).logits[0].float(), dim=-1)
+    assert logprobs["token_logprobs"][0] is None and logprobs["top_logprobs"][0] is None
+    scored = logprobs["token_logprobs"][1 : len(ids)]
+    wanted = [float(expected[i - 1, ids[i]]) for i in range(1, len(ids))]
+    assert scored == pytest.approx(wanted, abs=1e-4)
+    for position in range(1, len(ids)):  # the most likely token, as lm-eval reads is_greedy
+        ((_, best_logprob),) = logprobs["top_logprobs"][position].items()
+        assert best_logprob == pytest.approx(float(expected[position - 1].max()), abs=1e-4)
+    prompt_text = tiny.tokenizer.decode(ids)
+    assert choice["text"].startswith(prompt_text) and len(logprobs["tokens"]) == len(ids) + 1
+    assert logprobs["text_offset"][:3] == [
+        0,
+        len(logprobs["tokens"][0]),
+        len(logprobs["tokens"][0] + logprobs["tokens"][1]),
+    ]
+
+
+def test_max_tokens_zero_with_echo_scores_the_prompt_alone(tiny, client):
+    completion = client.completions.create(
+        model=tiny.name, prompt="Call me Ishmael.", max_tokens=0, echo=True, logprobs=0
+    )
+    choice = completion.choices[0]
+    assert choice.text == "Call me Ishmael." and completion.usage.completion_tokens == 0
+    assert len(choice.logprobs.token_logprobs) == len(tiny.tokenizer.encode("Call me Ishmael."))
+
+
+def test_n_and_a_list_of_prompts_give_one_choice_each_in_index_order(tiny, client):
+    prompts = ["It is a truth", "Call me Ishmael."]
+    completion = client.completions.create(model=tiny.name, prompt=prompts, n=2, max_tokens=4)
+    assert [choice.index for choice in completion.choices] == [0, 1, 2, 3]
+    texts = [choice.text for choice in completion.choices]
+    assert texts == [local(tiny, prompt, max_new_tokens=4).text for prompt in prompts for _ in range(2)]
+    assert completion.usage.completion_tokens == 16
+    sampled = client.completions.create(
+        model=tiny.name, prompt="Hello", n=2, max_tokens=6, temperature=1, seed=5
+    )
+    first, second = (choice.text for choice in sampled.choices)
+    assert first == local(tiny, "Hello", max_new_tokens=6, sample=True, temperature=1.0, seed=5).text
+    assert second == local(tiny, "Hello", max_new_tokens=6, sample=True, temperature=1.0, seed=6).text
+
+
+def test_logprobs_with_stream_equal_the_plain_ones(tiny, client):
+    plain = client.completions.create(model=tiny.name, prompt="Hello world", max_tokens=5, logprobs=2)
+    chunks = list(
+        client.completions.create(
+            model=tiny.name, prompt="Hello world", max_tokens=5, logprobs=2, stream=True
+        )
+    )
+    streamed = [chunk.choices[0].logprobs for chunk in chunks if chunk.choices and chunk.choices[0].logprobs]
+    tokens = [token for logprobs in streamed for token in logprobs.tokens]
+    values = [value for logprobs in streamed for value in logprobs.token_logprobs]
+    assert tokens == plain.choices[0].logprobs.tokens
+    assert values == pytest.approx(plain.choices[0].logprobs.token_logprobs, abs=1e-6)
+
+
+def test_served_model_names_are_aliases(tiny, client):
+    assert [model.id for model in client.models.list().data] == [tiny.name, "gpt2"]
+    completion = client.completions.create(model="gpt2", prompt="Hello", max_tokens=2)
+    assert completion.model == "gpt2"
+    with pytest.raises(openai.NotFoundError, match="this server runs"):
+        client.completions.create(model="gpt-4", prompt="Hello", max_tokens=2)
+
+
+def test_ignore_eos_is_accepted_as_vllm_names_it(tiny, client):
+    completion = client.completions.create(
+        model=tiny.name, prompt="Hello", max_tokens=6, extra_body={"ignore_eos": True}
+    )
+    assert completion.usage.completion_tokens == 6 and completion.choices[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "fragment"),
+    [
+        ("GET", "/v1/nothing", 404, "there is no /v1/nothing"),
+        ("GET", "/v1/completions", 405, "does not take GET"),
+    ],
+)
+def test_unknown_routes_and_methods_are_openai_error_objects(served, method, path, status, fragment):
+    response = httpx.request(method, served.url + path, headers=headers(served), timeout=60)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert fragment in error["message"] and {"message", "type", "param", "code"} <= set(error)

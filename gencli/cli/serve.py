@@ -52,12 +52,21 @@ def serve(
     max_body_kb: Annotated[
         int, typer.Option(help="Largest request body accepted (413 above).", min=1)
     ] = 1024,
+    served_model_name: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--served-model-name",
+            help="A name requests may give the model, as /v1/models lists it (repeatable; the first "
+            "is the one responses carry). Default: the --model as given.",
+            show_default=False,
+        ),
+    ] = None,
     flags: dict[str, Any] | None = None,
 ) -> None:
-    """Keep the model warm behind HTTP: POST /v1/completions (OpenAI's API: any OpenAI client
-    works), POST /v1/generate (gencli's own settings in, the generate --json record out),
-    GET /v1/models and GET /health. Options here are the defaults for what a request leaves out.
-    Ctrl-C or SIGTERM stops it."""
+    """Keep the model warm behind HTTP: POST /v1/completions and /v1/chat/completions (OpenAI's
+    API: any OpenAI client works, scoring with echo and logprobs included), POST /v1/generate
+    (gencli's own settings in, the generate --json record out), GET /v1/models and GET /health.
+    Options here are the defaults for what a request leaves out. Ctrl-C or SIGTERM stops it."""
     try:
         import uvicorn
 
@@ -83,11 +92,13 @@ def serve(
         max_queue=max_queue,
         prefix_cache_bytes=prefix_cache_mb * 2**20,
         max_body_bytes=max_body_kb * 1024,
+        served_model_names=tuple(dict.fromkeys(served_model_name or ())),
     )
     if not _is_loopback(host) and not api_key:
         notice(f"warning: listening on {host} without --api-key: anyone who can reach it can use the model")
     address = f"[{host}]" if ":" in host else host
-    notice(f"serving {loaded.name} ({resolved.settings.mode}) at http://{address}:{port}/v1 — Ctrl-C stops")
+    served = ", ".join(served_model_name or [loaded.name])
+    notice(f"serving {served} ({resolved.settings.mode}) at http://{address}:{port}/v1 — Ctrl-C stops")
     # uvicorn shuts down gracefully on SIGINT or SIGTERM, then raises the signal again for the
     # handler it found: that one ends the command, which has done what was asked of it.
     for stop_signal in (signal.SIGINT, signal.SIGTERM):

@@ -8,6 +8,8 @@ from typing import Any
 
 from rich.console import Console
 
+from gencli.stop_strings import StopHoldBack
+
 
 class TextWriter:
     """Writes streamed text to stdout as it arrives, and ends the output with one newline."""
@@ -37,30 +39,16 @@ class HeldBackWriter(TextWriter):
 
     def __init__(self, stops: tuple[str, ...]) -> None:
         super().__init__()
-        self.stops = stops
-        self.received = ""
-        self.written = 0
+        self.held_back = StopHoldBack(stops)
 
     def __call__(self, text: str) -> None:
-        self.received += text
-        held = max(
-            (
-                size
-                for stop in self.stops
-                for size in range(len(stop), 0, -1)
-                if self.received.endswith(stop[:size])
-            ),
-            default=0,
-        )
-        safe = len(self.received) - held
-        if safe > self.written:
-            self.write(self.received[self.written : safe])
-            self.written = safe
+        self.write(self.held_back.feed(text))
 
     def finish(self, kept: str | None = None) -> None:
-        kept = self.received if kept is None else kept
-        if len(kept) > self.written and kept.startswith(self.received[: self.written]):
-            self.write(kept[self.written :])
+        received, shown = self.held_back.received, self.held_back.shown
+        kept = received if kept is None else kept
+        if len(kept) > shown and kept.startswith(received[:shown]):
+            self.write(kept[shown:])
         super().finish()
 
 
