@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from gencli.generation import generate_text
-from gencli.server import PrefixPool
+from gencli.server.worker import PrefixPool
 from gencli.settings import resolve
 from tests.conftest import start_server, stop_server
 

@@ -70,7 +70,7 @@ def serve(
     try:
         import uvicorn
 
-        from gencli.server import create_app
+        from gencli.server.app import create_app
     except ImportError:
         raise GencliError("gencli serve needs its extra: pip install 'gencli[serve]'") from None
     layers = command_line_layers(flags)

@@ -1,0 +1,183 @@
+"""The one thread that touches the model: a bounded queue of jobs, run one at a time, and the KV
+caches of recent prompts (`PrefixPool`) that later prompts starting the same way reuse."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gencli.errors import GencliError
+from gencli.generation import encode_prompt, generate_text
+from gencli.loading import LoadedModel
+from gencli.prefix import CachedPrefix, common_prefix_length
+from gencli.results import GenerationResult
+from gencli.scoring import prompt_logprobs, score_prompt
+from gencli.server.errors import ApiError
+from gencli.settings import DecodingOptions
+
+
+class PrefixPool:
+    """The KV caches of recent prompts for one mode, at most `entries` of them (each sized for the
+    whole context). A prompt takes the one sharing its longest prefix, or a fresh or least
+    recently used one, and leaves its own tokens in it."""
+
+    def __init__(self, new_cache: Callable[[], Any], entries: int):
+        self.new_cache = new_cache
+        self.entries = entries
+        self.caches: list[CachedPrefix] = []  # least recently used first
+
+    def take(self, prompt_ids: list[int]) -> CachedPrefix:
+        shared = [common_prefix_length(cached.token_ids, prompt_ids) for cached in self.caches]
+        best = max(range(len(shared)), key=lambda index: (shared[index], index), default=None)
+        if best is not None and shared[best] > 0:
+            chosen = self.caches.pop(best)
+        elif len(self.caches) < self.entries:
+            chosen = CachedPrefix(self.new_cache())
+        else:
+            chosen = self.caches.pop(0)
+        self.caches.append(chosen)
+        return chosen
+
+
+def cache_entry_bytes(loaded: LoadedModel) -> int:
+    """What one cache for the whole context takes: keys and values, every layer and position."""
+    config = loaded.model.config
+    return 2 * config.n_layer * config.n_embd * loaded.context_length * loaded.model.dtype.itemsize
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    """A request's generation, checked: what the worker runs."""
+
+    prompt: str | list[int]
+    mode: str
+    options: DecodingOptions
+    stream: bool = False
+    inspect_cache: str | None = None
+    top_logprobs: int | None = None
+    include_usage: bool = False  # OpenAI's stream_options.include_usage
+    echo: bool = False  # OpenAI's echo: the prompt comes back before the completion, scored with logprobs
+    generates: bool = True  # False for max_tokens 0 with echo: the prompt is scored, nothing generated
+    n: int = 1  # choices per prompt in the request this choice belongs to
+
+
+@dataclass
+class Job:
+    """One request's generation, handed from the event loop to the worker thread."""
+
+    request: ParsedRequest
+    loop: asyncio.AbstractEventLoop
+    chunks: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    done: asyncio.Future[GenerationResult] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.done = self.loop.create_future()
+
+    def send(self, text: str | None) -> None:
+        self.loop.call_soon_threadsafe(self.chunks.put_nowait, text)
+
+    def finish(self, result: GenerationResult | None, problem: Exception | None = None) -> None:
+        def settle() -> None:
+            if self.done.done():
+                return
+            if problem is not None:
+                self.done.set_exception(problem)
+            else:
+                self.done.set_result(result)
+
+        self.send(None)
+        self.loop.call_soon_threadsafe(settle)
+
+
+class Worker:
+    """The one thread that touches the model. Requests wait in a queue of at most `max_queue`;
+    one whose client has gone away gives its place up at once."""
+
+    def __init__(self, loaded: LoadedModel, max_queue: int, prefix_cache_bytes: int):
+        self.loaded = loaded
+        self.max_queue = max_queue
+        self.waiting: deque[Job | None] = deque()
+        self.ready = threading.Condition()
+        self.entries = max(1, prefix_cache_bytes // cache_entry_bytes(loaded))
+        self.pools: dict[str, PrefixPool] = {}
+        self.thread = threading.Thread(target=self._run, name="gencli-worker", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        with self.ready:
+            self.waiting.append(None)
+            self.ready.notify()
+
+    def submit(self, jobs: list[Job]) -> None:
+        """Queue a request's jobs (one per choice), all or none."""
+        with self.ready:
+            left = [queued for queued in self.waiting if queued is not None and queued.cancelled.is_set()]
+            for gone in left:
+                self.waiting.remove(gone)
+                gone.finish(None, ApiError(499, "the client went away"))
+            if len(self.waiting) + len(jobs) > self.max_queue:
+                raise ApiError(503, "the server is busy: its queue is full; retry shortly", code="queue_full")
+            self.waiting.extend(jobs)
+            self.ready.notify()
+
+    def _next(self) -> Job | None:
+        with self.ready:
+            while not self.waiting:
+                self.ready.wait()
+            return self.waiting.popleft()
+
+    def _pool(self, mode: str) -> PrefixPool | None:
+        engine = self.loaded.engine(mode)
+        if not engine.uses_cache:
+            return None
+        if mode not in self.pools:
+            context = self.loaded.context_length
+            self.pools[mode] = PrefixPool(lambda: engine.new_cache(context), self.entries)
+        return self.pools[mode]
+
+    def _run(self) -> None:
+        while (job := self._next()) is not None:
+            if job.cancelled.is_set():
+                job.finish(None, ApiError(499, "the client went away"))
+                continue
+            prefix = None
+            try:
+                request = job.request
+                if request.generates:
+                    prompt_ids = encode_prompt(self.loaded, request.prompt, request.options.max_new_tokens)
+                    pool = self._pool(request.mode)
+                    prefix = pool.take(prompt_ids) if pool is not None else None
+                    result = generate_text(
+                        self.loaded,
+                        request.prompt,
+                        request.mode,
+                        request.options,
+                        on_text=job.send,
+                        inspect_cache=request.inspect_cache,
+                        prefix=prefix,
+                        cancelled=job.cancelled.is_set,
+                        top_logprobs=request.top_logprobs,
+                    )
+                else:
+                    result = score_prompt(
+                        self.loaded, request.prompt, request.mode, request.top_logprobs or 0
+                    )
+                if request.echo and request.top_logprobs is not None and result.prompt_logprobs is None:
+                    result.prompt_logprobs = prompt_logprobs(
+                        self.loaded, result.prompt_token_ids, request.top_logprobs
+                    )
+            except GencliError as problem:
+                job.finish(None, ApiError(400, str(problem)))
+            except Exception as problem:  # a fault in one request must not take the server down
+                if prefix is not None:
+                    prefix.resync()
+                job.finish(None, ApiError(500, f"generation failed: {type(problem).__name__}: {problem}"))
+            else:
+                job.finish(result)
