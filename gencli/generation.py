@@ -51,7 +51,7 @@ class GenerationInterrupted(Exception):
         self.result = result
 
 
-class _TextCallbackStreamer(TextStreamer):
+class TextCallbackStreamer(TextStreamer):
     def __init__(self, tokenizer: Any, on_text: Callable[[str], None]):
         super().__init__(tokenizer, skip_prompt=False, skip_special_tokens=True)
         self._on_text = on_text
@@ -121,7 +121,7 @@ class _PrefillTimer:
             handle.remove()
 
 
-class _Cancellation(StoppingCriteria):
+class Cancellation(StoppingCriteria):
     """Stops every mode, `generate` included, once `cancelled()` says so."""
 
     def __init__(self, cancelled: Callable[[], bool]):
@@ -234,7 +234,7 @@ def generate_text(
     prompt_ids = encode_prompt(loaded, prompt, options.max_new_tokens)
     input_ids = torch.tensor([prompt_ids], device=loaded.device)
     stopping = build_stopping_criteria(loaded, len(prompt_ids), options)
-    cancel = _Cancellation(cancelled) if cancelled else None
+    cancel = Cancellation(cancelled) if cancelled else None
     if cancel is not None:
         stopping.append(cancel)
     if prefix is None and engine.uses_cache:
@@ -268,7 +268,7 @@ def generate_text(
         if on_logprob is not None:
             on_logprob(record)
 
-    text_streamer = _TextCallbackStreamer(loaded.tokenizer, on_text) if on_text else None
+    text_streamer = TextCallbackStreamer(loaded.tokenizer, on_text) if on_text else None
     timer = _PrefillTimer(engine.forward_module)
     streamer = _RecordingStreamer(time.perf_counter(), text_streamer, on_new_token)
     request = DecodeRequest(

@@ -123,11 +123,15 @@ def generate_kwargs(options: DecodingOptions, build_processors: bool = True) -> 
     }
 
 
-def select_next_token(scores: torch.Tensor, sample: bool) -> torch.Tensor:
-    """The token choice `GenerationMixin._sample` makes: [batch, vocab] scores -> [batch] ids."""
+def select_next_token(
+    scores: torch.Tensor, sample: bool, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """The token choice `GenerationMixin._sample` makes: [batch, vocab] scores -> [batch] ids.
+    `generator`: a row's own random stream (a served request in a batch), drawn from as the
+    global one is after `torch.manual_seed`."""
     if sample:
         probs = torch.nn.functional.softmax(scores, dim=-1)
-        return torch.multinomial(probs, num_samples=1).squeeze(1)
+        return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
     return torch.argmax(scores, dim=-1)
 
 

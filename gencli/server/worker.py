@@ -17,6 +17,7 @@ from gencli.prefix import CachedPrefix, common_prefix_length
 from gencli.results import GenerationResult
 from gencli.scoring import prompt_logprobs, score_prompt
 from gencli.server.errors import ApiError
+from gencli.server.scheduler import batchable, run_batches
 from gencli.settings import DecodingOptions
 
 
@@ -146,38 +147,63 @@ class Worker:
         while (job := self._next()) is not None:
             if job.cancelled.is_set():
                 job.finish(None, ApiError(499, "the client went away"))
-                continue
-            prefix = None
-            try:
-                request = job.request
-                if request.generates:
-                    prompt_ids = encode_prompt(self.loaded, request.prompt, request.options.max_new_tokens)
-                    pool = self._pool(request.mode)
-                    prefix = pool.take(prompt_ids) if pool is not None else None
-                    result = generate_text(
-                        self.loaded,
-                        request.prompt,
-                        request.mode,
-                        request.options,
-                        on_text=job.send,
-                        inspect_cache=request.inspect_cache,
-                        prefix=prefix,
-                        cancelled=job.cancelled.is_set,
-                        top_logprobs=request.top_logprobs,
-                    )
-                else:
-                    result = score_prompt(
-                        self.loaded, request.prompt, request.mode, request.top_logprobs or 0
-                    )
-                if request.echo and request.top_logprobs is not None and result.prompt_logprobs is None:
-                    result.prompt_logprobs = prompt_logprobs(
-                        self.loaded, result.prompt_token_ids, request.top_logprobs
-                    )
-            except GencliError as problem:
-                job.finish(None, ApiError(400, str(problem)))
-            except Exception as problem:  # a fault in one request must not take the server down
-                if prefix is not None:
-                    prefix.resync()
-                job.finish(None, ApiError(500, f"generation failed: {type(problem).__name__}: {problem}"))
+            elif batchable(job):
+                run_batches(self.loaded, job, self._next_to_join, self._prefix, self._finish)
             else:
-                job.finish(result)
+                self._run_alone(job)
+
+    def _next_to_join(self, mode: str) -> Job | None:
+        """The next waiting job, if it can join a running batch of `mode`; jobs that cannot wait
+        at the head of the queue until the batch is done (first come, first served)."""
+        with self.ready:
+            while self.waiting and self.waiting[0] is not None and self.waiting[0].cancelled.is_set():
+                self.waiting.popleft().finish(None, ApiError(499, "the client went away"))
+            head = self.waiting[0] if self.waiting else None
+            if head is not None and batchable(head) and head.request.mode == mode:
+                return self.waiting.popleft()
+            return None
+
+    def _prefix(self, mode: str, prompt_ids: list[int]) -> CachedPrefix | None:
+        pool = self._pool(mode)
+        return pool.take(prompt_ids) if pool is not None else None
+
+    @staticmethod
+    def _finish(job: Job, result: GenerationResult | None, problem: Exception | None) -> None:
+        if problem is None:
+            job.finish(result)
+        elif isinstance(problem, GencliError):
+            job.finish(None, ApiError(400, str(problem)))
+        else:
+            job.finish(None, ApiError(500, f"generation failed: {type(problem).__name__}: {problem}"))
+
+    def _run_alone(self, job: Job) -> None:
+        """A job no batch can take: scoring, cache snapshots, or a mode without cached steps."""
+        prefix = None
+        try:
+            request = job.request
+            if request.generates:
+                prompt_ids = encode_prompt(self.loaded, request.prompt, request.options.max_new_tokens)
+                prefix = self._prefix(request.mode, prompt_ids)
+                result = generate_text(
+                    self.loaded,
+                    request.prompt,
+                    request.mode,
+                    request.options,
+                    on_text=job.send,
+                    inspect_cache=request.inspect_cache,
+                    prefix=prefix,
+                    cancelled=job.cancelled.is_set,
+                    top_logprobs=request.top_logprobs,
+                )
+            else:
+                result = score_prompt(self.loaded, request.prompt, request.mode, request.top_logprobs or 0)
+            if request.echo and request.top_logprobs is not None and result.prompt_logprobs is None:
+                result.prompt_logprobs = prompt_logprobs(
+                    self.loaded, result.prompt_token_ids, request.top_logprobs
+                )
+        except Exception as problem:  # a fault in one request must not take the server down
+            if prefix is not None:
+                prefix.resync()
+            self._finish(job, None, problem)
+        else:
+            self._finish(job, result, None)
