@@ -136,8 +136,8 @@ def test_a_closed_stderr_costs_only_the_notices(tiny_model_dir):
     assert done.returncode == 0 and len(done.stdout) > 4 and done.stdout.endswith("\n")
 
 
-def test_a_closed_stdout_is_one_line_and_exit_1(tiny_model_dir):
-    done = shell(f"generate Hello --model {tiny_model_dir} -n 4 --no-log >&-")
+def test_a_closed_stdout_is_one_line_and_exit_1():
+    done = shell("config show >&-")  # the same guard as generate's, without loading torch
     assert done.returncode == 1
     assert done.stderr == "gencli: error: cannot write the output: stdout is closed\n"
 
