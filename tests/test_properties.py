@@ -39,7 +39,7 @@ values = st.one_of(
     st.floats(allow_nan=True).map(str),
     st.sampled_from(["", "-1", "nan", "inf", "1e309", str(2**70)]),
 )
-quick = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+quick = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def assert_clean(result):
@@ -77,7 +77,7 @@ def test_any_toml_file(tmp_path_factory, data):
     assert_clean(runner.invoke(app, ["config", "show", "--config", str(path)]))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=100))
 def test_any_bytes_on_stdin(tiny_model_dir, data):
     result = runner.invoke(
@@ -99,7 +99,7 @@ lines = st.one_of(
 ).map(json.dumps) | st.text(max_size=40)
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=7, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(lines, min_size=1, max_size=4))
 def test_any_jsonl_lines(tiny_model_dir, batch_lines):
     data = "\n".join([*batch_lines, json.dumps({"id": "fine", "prompt": "Hello"})]) + "\n"
@@ -117,7 +117,7 @@ def cache_file(tmp_path_factory, tiny_model_dir):
     return path.read_bytes()
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.integers(min_value=0, max_value=4000), st.binary(max_size=16))
 def test_any_damaged_prompt_cache(tiny_model_dir, tmp_path_factory, cache_file, cut, junk):
     path = tmp_path_factory.mktemp("damaged") / "p.safetensors"
@@ -187,7 +187,7 @@ MODEL_FILES = (
 )
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     st.dictionaries(
         st.sampled_from(MODEL_FILES),

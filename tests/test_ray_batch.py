@@ -94,9 +94,9 @@ def ray_workers() -> list[int]:
 def test_a_killed_worker_is_replaced_and_every_id_comes_out_once(tiny_model_dir, ray_instance):
     from gencli.ray_batch import run_batch_on_ray
 
-    count = 24
+    count = 16
     lines = jsonl({"id": str(i), "prompt": f"Prompt number {i}"} for i in range(count))
-    job = BatchJob("kv-cache", DecodingOptions(max_new_tokens=16), batch_size=2)
+    job = BatchJob("kv-cache", DecodingOptions(max_new_tokens=12), batch_size=2)
     records = []
 
     def run():
