@@ -15,11 +15,16 @@ PyTorch's CPU defaults leave much of that unused for one row (2-core EPYC with A
   one-row call alone.
 
 The fast paths change only the order of the additions, hence rounding. Inputs of more rows, and
-devices other than the CPU, take the ordinary product on the weight as given.
+devices other than the CPU, take the ordinary product on the weight as given, except inside
+`packed_few_row_products()` (the server's batched decode step): there a float32 product of a few
+rows runs on oneDNN with the weight packed for it, 3-4x faster than MKL's small-matrix kernel here
+(8 rows of GPT-2 124M: 768x2304 in 0.21 ms against 0.77 ms, the LM head in 7 ms against 27 ms). The
+packed copy is made on first use and kept: only a server that batches pays its memory.
 """
 
 from __future__ import annotations
 
+import contextvars
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +36,19 @@ from torch.nn import functional as F
 
 Layout = Literal["in_out", "out_in"]
 REDUCED_PRECISION = (torch.bfloat16, torch.float16)
+ONEDNN_PACKED = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+PACKED_FOR_ROWS = 8  # the row count oneDNN lays the packed weight out for (any count runs on it)
+_few_rows_packed: contextvars.ContextVar[bool] = contextvars.ContextVar("few_rows_packed", default=False)
+
+
+@contextmanager
+def packed_few_row_products() -> Iterator[None]:
+    """Within the block, float32 products of more than one row on CPU use oneDNN's packed weights."""
+    token = _few_rows_packed.set(True)
+    try:
+        yield
+    finally:
+        _few_rows_packed.reset(token)
 
 
 @contextmanager
@@ -54,6 +72,7 @@ class Projection(nn.Module):
         self.bias = None if bias is None else bias.detach()
         self.layout = layout
         self.one_row_weight: torch.Tensor | None = None
+        self.packed_weight: torch.Tensor | None = None  # oneDNN's layout, made on first use
         if weight.device.type != "cpu":
             return
         wanted: Layout = "out_in" if weight.dtype in REDUCED_PRECISION else "in_out"
@@ -62,6 +81,13 @@ class Projection(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.one_row_weight is not None and x.shape[:-1].numel() == 1:
             return self._one_row(x)
+        if (
+            _few_rows_packed.get()
+            and ONEDNN_PACKED
+            and self.one_row_weight is not None
+            and self.weight.dtype == torch.float32
+        ):
+            return self._packed(x)
         if self.layout == "out_in":
             return F.linear(x, self.weight, self.bias)
         flat = x.reshape(-1, x.size(-1))
@@ -83,6 +109,14 @@ class Projection(nn.Module):
         if self.bias is not None:
             product += self.bias
         return product.view(*x.shape[:-1], -1)
+
+    def _packed(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed_weight is None:
+            out_in = self.weight if self.layout == "out_in" else self.weight.t().contiguous()
+            self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(out_in, PACKED_FOR_ROWS)
+        flat = x.reshape(-1, x.size(-1))  # [rows, in]
+        product = torch.ops.mkldnn._linear_pointwise(flat, self.packed_weight, self.bias, "none", [], "")
+        return product.view(*x.shape[:-1], -1)  # [..., out]
 
 
 def fast_projection(module: nn.Module) -> nn.Module:

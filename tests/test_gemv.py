@@ -7,7 +7,13 @@ import pytest
 import torch
 from transformers.pytorch_utils import Conv1D
 
-from gencli.gemv import Projection, onednn_disabled, with_fast_one_row_projections
+from gencli.gemv import (
+    ONEDNN_PACKED,
+    Projection,
+    onednn_disabled,
+    packed_few_row_products,
+    with_fast_one_row_projections,
+)
 
 
 @pytest.fixture
@@ -105,3 +111,21 @@ def test_fast_twin_shares_weights_and_leaves_the_model_alone(tiny):
             rtol=1e-5,
         )
         assert torch.equal(twin(ids).last_hidden_state, transformer(ids).last_hidden_state)
+
+
+@pytest.mark.skipif(not ONEDNN_PACKED, reason="oneDNN's packed linear is not in this torch build")
+@pytest.mark.parametrize("layout", ["in_out", "out_in"])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_packed_few_row_products_equal_the_product_and_only_inside_the_block(layout, with_bias):
+    torch.manual_seed(0)
+    weight = torch.randn(64, 96) if layout == "in_out" else torch.randn(96, 64)
+    bias = torch.randn(96) if with_bias else None
+    projection = Projection(weight, bias, layout=layout)
+    x = torch.randn(8, 1, 64)  # a decode step of 8 rows
+    expected = x @ (weight if layout == "in_out" else weight.t()) + (0 if bias is None else bias)
+    outside = projection(x)
+    assert projection.packed_weight is None and torch.allclose(outside, expected, atol=1e-5)
+    with packed_few_row_products():
+        inside = projection(x)
+    assert projection.packed_weight is not None and inside.shape == (8, 1, 96)
+    assert torch.allclose(inside, expected, atol=1e-4)

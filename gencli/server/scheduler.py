@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from gencli.engines.base import CachedStepEngine
+from gencli.gemv import packed_few_row_products
 from gencli.generation import (
     Cancellation,
     TextCallbackStreamer,
@@ -173,7 +174,8 @@ class Batch:
             newest = torch.cat([row.sequence[:, -1:] for row in self.rows])  # [rows, 1]
             self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=-1)
             positions = position_ids(self.mask)[:, -1:]
-            logits = self.engine.next_logits(self.cache, newest, self.mask, positions)  # [rows, vocab]
+            with packed_few_row_products():  # the rows' products at bandwidth (gencli.gemv)
+                logits = self.engine.next_logits(self.cache, newest, self.mask, positions)  # [rows, vocab]
         for index, row in enumerate(self.rows):
             row.choose(logits[index : index + 1])
         return self.drop_finished()
