@@ -206,6 +206,44 @@ def logprob_record(tokenizer: Any, scores: torch.Tensor, token: int, count: int)
     }
 
 
+def run_seed(options: DecodingOptions) -> int | None:
+    """The seed a run uses: the one given, or for sampling without one a fresh one that the record
+    reports, so any run can be replayed; None for greedy decoding."""
+    if options.seed is None and options.samples:
+        return random.SystemRandom().randrange(2**32)
+    return options.seed
+
+
+def run_record(
+    loaded: LoadedModel,
+    mode: str,
+    prompt: str | list[int],
+    prompt_ids: list[int],
+    new_ids: list[int],
+    reason: FinishReason,
+    timings: Timings,
+    seed: int | None,
+    **fields: Any,
+) -> GenerationResult:
+    """The record of one run, as every path that generates (or scores a prompt) returns it;
+    `fields`: the optional parts (logprobs, cache snapshots, prompt-cache reuse)."""
+    return GenerationResult(
+        mode=mode,
+        model=loaded.name,
+        prompt=prompt if isinstance(prompt, str) else loaded.tokenizer.decode(prompt_ids),
+        prompt_token_ids=prompt_ids,
+        token_ids=list(new_ids),
+        text=loaded.tokenizer.decode(new_ids, skip_special_tokens=True),
+        finish_reason=reason,
+        timings=timings,
+        seed=seed,
+        device=str(loaded.device),
+        dtype=str(loaded.dtype).removeprefix("torch."),
+        weights=loaded.weights,
+        **fields,
+    )
+
+
 def generate_text(
     loaded: LoadedModel,
     prompt: str | list[int],
@@ -254,9 +292,7 @@ def generate_text(
         if snapshots is not None and cache is not None and (count == 1 or inspect_cache == "steps"):
             snapshots.append(snapshot_cache(cache, count))
 
-    seed = options.seed
-    if seed is None and options.samples:
-        seed = random.SystemRandom().randrange(2**32)
+    seed = run_seed(options)
     if seed is not None:
         torch.manual_seed(seed)
 
@@ -301,19 +337,16 @@ def generate_text(
         if reason is None:
             sequence = torch.tensor([prompt_ids + new_ids])
             reason = finish_reason(sequence, new_ids, stopping_eos(loaded, options), stopping)
-        return GenerationResult(
-            mode=mode,
-            model=loaded.name,
-            prompt=prompt if isinstance(prompt, str) else loaded.tokenizer.decode(prompt_ids),
-            prompt_token_ids=prompt_ids,
-            token_ids=list(new_ids),
-            text=loaded.tokenizer.decode(new_ids, skip_special_tokens=True),
-            finish_reason=reason,
-            timings=Timings.measured(timer.prefill_s, streamer.token_times_s, loaded.load_s),
-            seed=seed,
-            device=str(loaded.device),
-            dtype=str(loaded.dtype).removeprefix("torch."),
-            weights=loaded.weights,
+        timings = Timings.measured(timer.prefill_s, streamer.token_times_s, loaded.load_s)
+        return run_record(
+            loaded,
+            mode,
+            prompt,
+            prompt_ids,
+            new_ids,
+            reason,
+            timings,
+            seed,
             cache_snapshots=snapshots,
             prompt_cache_tokens=reused,
             logprobs=None if logprobs is None else logprobs[: len(new_ids)],
@@ -345,9 +378,7 @@ def generate_batch(
     input_ids, attention_mask = left_pad(rows, pad_token_id(loaded.tokenizer), loaded.device)
     width = input_ids.shape[1]
     stopping = build_stopping_criteria(loaded, width, options)
-    seed = options.seed
-    if seed is None and options.samples:
-        seed = random.SystemRandom().randrange(2**32)
+    seed = run_seed(options)
     if seed is not None:
         torch.manual_seed(seed)
     logprobs: list[list[dict[str, Any]]] = [[] for _ in rows]
@@ -375,20 +406,17 @@ def generate_batch(
         count = _finished_length(sequences[row : row + 1], width, stopping, request.pad_token_id)
         new_ids = sequences[row, width : width + count].tolist()
         sequence = torch.tensor([prompt_ids + new_ids])
+        reason = finish_reason(sequence, new_ids, request.eos_token_id, stopping)
         results.append(
-            GenerationResult(
-                mode=mode,
-                model=loaded.name,
-                prompt=prompt if isinstance(prompt, str) else loaded.tokenizer.decode(prompt_ids),
-                prompt_token_ids=prompt_ids,
-                token_ids=new_ids,
-                text=loaded.tokenizer.decode(new_ids, skip_special_tokens=True),
-                finish_reason=finish_reason(sequence, new_ids, request.eos_token_id, stopping),
-                timings=Timings.measured(None, [], loaded.load_s),
-                seed=seed,
-                device=str(loaded.device),
-                dtype=str(loaded.dtype).removeprefix("torch."),
-                weights=loaded.weights,
+            run_record(
+                loaded,
+                mode,
+                prompt,
+                prompt_ids,
+                new_ids,
+                reason,
+                Timings.measured(None, [], loaded.load_s),
+                seed,
                 logprobs=None if top_logprobs is None else logprobs[row][:count],
             )
         )

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from gencli.generation import encode_prompt, logprob_record
+from gencli.generation import encode_prompt, logprob_record, run_record
 from gencli.loading import LoadedModel
 from gencli.results import GenerationResult, Timings
 
@@ -42,18 +42,5 @@ def score_prompt(loaded: LoadedModel, prompt: str | list[int], mode: str, count:
     started = time.perf_counter()
     prompt_ids = encode_prompt(loaded, prompt, 0)
     scored = prompt_logprobs(loaded, prompt_ids, count)
-    return GenerationResult(
-        mode=mode,
-        model=loaded.name,
-        prompt=prompt if isinstance(prompt, str) else loaded.tokenizer.decode(prompt_ids),
-        prompt_token_ids=prompt_ids,
-        token_ids=[],
-        text="",
-        finish_reason="length",
-        timings=Timings(prefill_s=time.perf_counter() - started),
-        seed=None,
-        device=str(loaded.device),
-        dtype=str(loaded.dtype).removeprefix("torch."),
-        weights=loaded.weights,
-        prompt_logprobs=scored,
-    )
+    timings = Timings(prefill_s=time.perf_counter() - started)
+    return run_record(loaded, mode, prompt, prompt_ids, [], "length", timings, None, prompt_logprobs=scored)

@@ -16,7 +16,6 @@ results back through the jobs.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -32,6 +31,8 @@ from gencli.generation import (
     encode_prompt,
     finish_reason,
     logprob_record,
+    run_record,
+    run_seed,
     stopping_eos,
 )
 from gencli.loading import LoadedModel
@@ -75,9 +76,7 @@ class Row:
         self.processors = build_logits_processors(
             options, len(self.prompt_ids), stopping_eos(loaded, options), device=loaded.device
         )
-        self.seed = options.seed
-        if self.seed is None and options.samples:
-            self.seed = random.SystemRandom().randrange(2**32)
+        self.seed = run_seed(options)
         self.generator = None
         if options.samples:
             self.generator = torch.Generator(device=loaded.device).manual_seed(self.seed)
@@ -117,21 +116,16 @@ class Row:
             reason = finish_reason(
                 self.sequence, self.new_ids, stopping_eos(loaded, request.options), self.stopping
             )
-        return GenerationResult(
-            mode=request.mode,
-            model=loaded.name,
-            prompt=request.prompt
-            if isinstance(request.prompt, str)
-            else loaded.tokenizer.decode(self.prompt_ids),
-            prompt_token_ids=self.prompt_ids,
-            token_ids=list(self.new_ids),
-            text=loaded.tokenizer.decode(self.new_ids, skip_special_tokens=True),
-            finish_reason=reason,
-            timings=Timings.measured(self.prefill_s, self.token_times_s, loaded.load_s),
-            seed=self.seed,
-            device=str(loaded.device),
-            dtype=str(loaded.dtype).removeprefix("torch."),
-            weights=loaded.weights,
+        timings = Timings.measured(self.prefill_s, self.token_times_s, loaded.load_s)
+        return run_record(
+            loaded,
+            request.mode,
+            request.prompt,
+            self.prompt_ids,
+            self.new_ids,
+            reason,
+            timings,
+            self.seed,
             prompt_cache_tokens=self.reused,
             logprobs=self.logprobs,
         )
@@ -142,7 +136,8 @@ class Batch:
 
     def __init__(self, loaded: LoadedModel, mode: str):
         engine = loaded.engine(mode)
-        assert isinstance(engine, CachedStepEngine)
+        if not isinstance(engine, CachedStepEngine):
+            raise ValueError(f"{mode} mode does not decode step by step over a cache: it cannot batch")
         self.loaded, self.mode, self.engine = loaded, mode, engine
         self.rows: list[Row] = []
         self.cache: Any = None
