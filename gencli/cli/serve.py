@@ -56,8 +56,9 @@ def serve(
         list[str] | None,
         typer.Option(
             "--served-model-name",
-            help="A name requests may give the model, as /v1/models lists it (repeatable; the first "
-            "is the one responses carry). Default: the --model as given.",
+            help="A name requests may give the model, as /v1/models lists it (repeatable; a response "
+            "carries its request's name, or the first). Default: the --model as given.",
+            metavar="NAME",
             show_default=False,
         ),
     ] = None,
@@ -66,6 +67,7 @@ def serve(
     """Keep the model warm behind HTTP: POST /v1/completions and /v1/chat/completions (OpenAI's
     API: any OpenAI client works, scoring with echo and logprobs included), POST /v1/generate
     (gencli's own settings in, the generate --json record out), GET /v1/models and GET /health.
+    Requests in kv-cache and scratch mode are decoded together as they come (continuous batching).
     Options here are the defaults for what a request leaves out. Ctrl-C or SIGTERM stops it."""
     try:
         import uvicorn
