@@ -1,7 +1,4 @@
 import json
-import os
-import subprocess
-import sys
 
 from typer.testing import CliRunner
 
@@ -47,16 +44,9 @@ def test_models_command_table(tmp_path, monkeypatch):
     )
 
 
-def test_cached_hub_model_loads_offline(tiny_model_dir, tmp_path):
-    populate_hub_cache(tmp_path, "gpt2", tiny_model_dir)
-    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "gencli", "generate", "Hello", "--model", "gpt2", "-n", "3", "--json"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert done.returncode == 0, done.stderr
+def test_cached_hub_model_loads_offline(tiny_model_dir, hub_cache):
+    populate_hub_cache(hub_cache, "gpt2", tiny_model_dir)
+    done = runner.invoke(app, ["generate", "Hello", "--model", "gpt2", "-n", "3", "--json", "--no-log"])
+    assert done.exit_code == 0, done.stderr
     assert json.loads(done.stdout)["model"] == "gpt2"
     assert "demo" not in done.stderr

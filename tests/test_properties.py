@@ -164,7 +164,7 @@ command_argv = st.sampled_from(sorted(COMMAND_OPTIONS)).flatmap(
 )
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=14, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(command_argv)
 def test_any_argv_for_every_command(tiny_model_dir, user_dirs, monkeypatch, drawn):
     monkeypatch.chdir(user_dirs)  # a drawn --png name is written here, never into the checkout

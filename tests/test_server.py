@@ -262,12 +262,12 @@ def test_generate_dot_server_prints_what_a_local_run_prints(tiny_model_dir, serv
     remote = subprocess.run(
         [*base, "--json", "-q"], capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL
     )
-    local_run = subprocess.run(
-        [*base, "--json", "-q", "--model", str(tiny_model_dir)],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
+    from typer.testing import CliRunner
+
+    from gencli.cli import app
+
+    # The local run in this process (torch is imported already); the remote ones as a user runs them.
+    local_run = CliRunner().invoke(app, [*base[3:], "--json", "-q", "--model", str(tiny_model_dir)])
     assert remote.returncode == 0, remote.stderr
     remote_record, local_record = json.loads(remote.stdout), json.loads(local_run.stdout)
     assert remote_record["token_ids"] == local_record["token_ids"] and set(remote_record) == set(local_record)
