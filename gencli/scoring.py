@@ -37,10 +37,13 @@ def prompt_logprobs(loaded: LoadedModel, prompt_ids: list[int], count: int) -> l
     ]
 
 
-def score_prompt(loaded: LoadedModel, prompt: str | list[int], mode: str, count: int) -> GenerationResult:
-    """A run that generates nothing and scores the prompt (OpenAI's `max_tokens: 0` with `echo`)."""
+def score_prompt(
+    loaded: LoadedModel, prompt: str | list[int], mode: str, count: int | None
+) -> GenerationResult:
+    """A run that generates nothing (OpenAI's `max_tokens: 0` with `echo`): the prompt scored with
+    the `count` most likely tokens at each position, or only echoed when `count` is None."""
     started = time.perf_counter()
     prompt_ids = encode_prompt(loaded, prompt, 0)
-    scored = prompt_logprobs(loaded, prompt_ids, count)
+    scored = None if count is None else prompt_logprobs(loaded, prompt_ids, count)
     timings = Timings(prefill_s=time.perf_counter() - started)
     return run_record(loaded, mode, prompt, prompt_ids, [], "length", timings, None, prompt_logprobs=scored)

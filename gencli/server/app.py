@@ -152,21 +152,37 @@ async def wait(job: Job, request: Request) -> GenerationResult:
 
 
 async def streamed_choices(
-    jobs: list[Job], chunk: Callable[[int, str, GenerationResult | None], dict[str, Any]]
-) -> AsyncIterator[tuple[str, GenerationResult | None]]:
-    """Each choice's text as it comes, stop strings held back and left out (OpenAI's way); after a
-    choice's last piece, its result. Choices stream one after another, as the worker runs them."""
+    jobs: list[Job],
+    chunk: Callable[[int, str, GenerationResult | None], dict[str, Any]],
+    usage_chunk: Callable[[dict[str, Any]], dict[str, Any]] | None,
+) -> AsyncIterator[str]:
+    """OpenAI's event stream: each choice's text as it comes, stop strings held back and left out,
+    its last chunk with its result; then `usage_chunk(usage)` when asked for, and `[DONE]`. Choices
+    stream one after another, as the worker runs them."""
+    results = []
     for index, job in enumerate(jobs):
         held = StopHoldBack(job.request.options.stop)
         while (text := await job.chunks.get()) is not None:
             if shown := held.feed(text):
-                yield sse(chunk(index, shown, None)), None
+                yield sse(chunk(index, shown, None))
         try:
             result = await job.done
         except ApiError as problem:
-            yield sse({"error": {"message": problem.message, "type": "server_error"}}), None
+            yield sse({"error": {"message": problem.message, "type": "server_error"}})
             return
-        yield sse(chunk(index, held.rest(result.finish_reason == "stop"), result)), result
+        results.append(result)
+        yield sse(chunk(index, held.rest(result.finish_reason == "stop"), result))
+    if usage_chunk is not None:
+        yield sse(usage_chunk(usage(results, jobs[0].request.n)))
+    yield "data: [DONE]\n\n"
+
+
+async def read_request(state: ServerState, request: Request) -> tuple[Any, str]:
+    """A generating route's start: the key checked, the body read, the model name it gives checked;
+    (body, the name the response carries)."""
+    state.authorize(request)
+    body = await state.read_json(request)
+    return body, state.served_name(body)
 
 
 Handler = Callable[[ServerState, Request], Awaitable[Response]]
@@ -196,9 +212,7 @@ async def models(state: ServerState, request: Request) -> Response:
 
 
 async def completions(state: ServerState, request: Request) -> Response:
-    state.authorize(request)
-    body = await state.read_json(request)
-    model = state.served_name(body)
+    body, model = await read_request(state, request)
     parsed = completion_request(body, state.settings, state.vocab_size)
     first = parsed[0]
     identity = {
@@ -217,16 +231,14 @@ async def completions(state: ServerState, request: Request) -> Response:
             "finish_reason": None if result is None else FINISH_REASONS[result.finish_reason],
         }
 
-    async def stream(jobs: list[Job]) -> AsyncIterator[str]:
-        results = []
-        async for event, result in streamed_choices(jobs, lambda *c: {**identity, "choices": [choice(*c)]}):
-            yield event
-            if result is not None:
-                results.append(result)
-        if len(results) == len(jobs):
-            if first.include_usage:
-                yield sse({**identity, "choices": [], "usage": usage(results, first.n)})
-            yield "data: [DONE]\n\n"
+    def usage_chunk(totals: dict[str, Any]) -> dict[str, Any]:
+        return {**identity, "choices": [], "usage": totals}
+
+    def stream(jobs: list[Job]) -> AsyncIterator[str]:
+        def chunk(index: int, text: str, result: GenerationResult | None) -> dict[str, Any]:
+            return {**identity, "choices": [choice(index, text, result)]}
+
+        return streamed_choices(jobs, chunk, usage_chunk if first.include_usage else None)
 
     outcome = await state.run(parsed, request, stream if first.stream else None)
     if isinstance(outcome, Response):
@@ -238,9 +250,7 @@ async def completions(state: ServerState, request: Request) -> Response:
 
 
 async def chat_completions(state: ServerState, request: Request) -> Response:
-    state.authorize(request)
-    body = await state.read_json(request)
-    model = state.served_name(body)
+    body, model = await read_request(state, request)
     parsed = chat_request(body, state.settings, state.chat_prompt)
     first = parsed[0]
     identity = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model}
@@ -260,21 +270,16 @@ async def chat_completions(state: ServerState, request: Request) -> Response:
             ],
         }
 
+    def usage_chunk(totals: dict[str, Any]) -> dict[str, Any]:
+        return {**identity, "object": "chat.completion.chunk", "choices": [], "usage": totals}
+
     async def stream(jobs: list[Job]) -> AsyncIterator[str]:
         for index in range(len(jobs)):  # each choice opens with the speaker, as OpenAI's do
             opening = delta_chunk(index, "", None)
             opening["choices"][0]["delta"] = {"role": "assistant", "content": ""}
             yield sse(opening)
-        results = []
-        async for event, result in streamed_choices(jobs, delta_chunk):
+        async for event in streamed_choices(jobs, delta_chunk, usage_chunk if first.include_usage else None):
             yield event
-            if result is not None:
-                results.append(result)
-        if len(results) == len(jobs):
-            if first.include_usage:
-                chunk = {**identity, "object": "chat.completion.chunk", "choices": []}
-                yield sse({**chunk, "usage": usage(results, first.n)})
-            yield "data: [DONE]\n\n"
 
     outcome = await state.run(parsed, request, stream if first.stream else None)
     if isinstance(outcome, Response):
@@ -296,9 +301,7 @@ async def chat_completions(state: ServerState, request: Request) -> Response:
 
 
 async def generate(state: ServerState, request: Request) -> Response:
-    state.authorize(request)
-    body = await state.read_json(request)
-    state.served_name(body)
+    body, _ = await read_request(state, request)
     parsed = generate_request(body, state.settings, state.vocab_size)
 
     async def stream(jobs: list[Job]) -> AsyncIterator[str]:

@@ -196,7 +196,7 @@ class Worker:
                     top_logprobs=request.top_logprobs,
                 )
             else:
-                result = score_prompt(self.loaded, request.prompt, request.mode, request.top_logprobs or 0)
+                result = score_prompt(self.loaded, request.prompt, request.mode, request.top_logprobs)
             if request.echo and request.top_logprobs is not None and result.prompt_logprobs is None:
                 result.prompt_logprobs = prompt_logprobs(
                     self.loaded, result.prompt_token_ids, request.top_logprobs
