@@ -23,6 +23,7 @@ import torch
 from gencli.generation import GenerationInterrupted, GenerationResult, generate_text
 from gencli.loading import LoadedModel
 from gencli.settings import MODES, DecodingOptions
+from gencli.threads import thread_policy
 
 LENGTHS = (64, 256, 512, 1024)
 
@@ -159,6 +160,7 @@ class BenchReport:
     device: str
     weights: str  # the dtype, and +int8 where the projections are int8
     threads: int
+    thread_policy: str  # how the threads wait and follow the load (gencli.threads)
     weight_bytes: int  # read by one decode step
     # Measured before every round of runs: the machine's bandwidth drifts with its neighbours' load
     # (26 to 47 GB/s between runs here), so each roofline is the median over the whole run. Two
@@ -237,6 +239,7 @@ class BenchReport:
             "device": self.device,
             "weights": self.weights,
             "threads": self.threads,
+            "thread_policy": self.thread_policy,
             "machine_load": self.machine_load,
             "weight_bytes": self.weight_bytes,
             "read_bandwidth_bytes_per_s": self.read_bandwidth_bytes_per_s,
@@ -359,6 +362,7 @@ def _empty_report(loaded: LoadedModel, read_samples: list[float], gemv_samples: 
         device=str(loaded.device),
         weights=loaded.weights,
         threads=torch.get_num_threads(),
+        thread_policy=thread_policy(),
         weight_bytes=weight_bytes(loaded),
         read_bandwidth_samples=read_samples,
         gemv_bandwidth_samples=gemv_samples,

@@ -73,6 +73,9 @@ class Projection(nn.Module):
         self.layout = layout
         self.one_row_weight: torch.Tensor | None = None
         self.packed_weight: torch.Tensor | None = None  # oneDNN's layout, made on first use
+        # One part per thread, fixed here: the thread count may change later (gencli.threads), and
+        # the split decides the order of the additions, hence the rounding.
+        self.parts = torch.get_num_threads()
         if weight.device.type != "cpu":
             return
         wanted: Layout = "out_in" if weight.dtype in REDUCED_PRECISION else "in_out"
@@ -99,7 +102,7 @@ class Projection(nn.Module):
         if weight.dtype in REDUCED_PRECISION:
             with onednn_disabled():
                 return F.linear(x, weight, self.bias)
-        parts, width = torch.get_num_threads(), x.size(-1)
+        parts, width = self.parts, x.size(-1)
         if parts == 1 or width % parts:
             product = x.reshape(1, width) @ weight
         else:

@@ -31,6 +31,7 @@ from gencli.prefix import CachedPrefix, reusable_length
 from gencli.results import FinishReason, GenerationResult, Timings
 from gencli.sampling import token_logprobs
 from gencli.settings import DecodingOptions, check_prompt
+from gencli.threads import adapt_threads
 
 CacheInspection = Literal["ends", "steps"]
 
@@ -269,6 +270,7 @@ def generate_text(
     `on_logprob` hears each record as it is made (in generate mode, after the run: Hugging Face
     hands its scores over at the end)."""
     engine = loaded.engine(mode)
+    adapt_threads()  # between runs too: generate mode's loop is Hugging Face's
     prompt_ids = encode_prompt(loaded, prompt, options.max_new_tokens)
     input_ids = torch.tensor([prompt_ids], device=loaded.device)
     stopping = build_stopping_criteria(loaded, len(prompt_ids), options)

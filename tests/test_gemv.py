@@ -129,3 +129,14 @@ def test_packed_few_row_products_equal_the_product_and_only_inside_the_block(lay
         inside = projection(x)
     assert projection.packed_weight is not None and inside.shape == (8, 1, 96)
     assert torch.allclose(inside, expected, atol=1e-4)
+
+
+def test_a_projection_keeps_its_split_when_the_thread_count_changes(threads):
+    threads(2)
+    torch.manual_seed(0)
+    projection = Projection(torch.randn(768, 256), layout="in_out")
+    x = torch.randn(1, 768)
+    with torch.inference_mode():
+        two = projection(x)
+        threads(1)
+        assert torch.equal(projection(x), two)

@@ -25,6 +25,7 @@ from gencli.cli import (
     verify,
 )
 from gencli.cli.edge import GencliCommand, GencliGroup, guard_standard_streams, handle_sigterm
+from gencli.threads import choose_wait_policy
 
 
 def _print_version(value: bool) -> None:
@@ -79,10 +80,7 @@ app.add_typer(config.config_app, name="config")
 
 
 def main() -> None:
-    # Before torch loads OpenMP: idle threads sleep instead of spinning at barriers. With another
-    # busy process on a 2-core machine, 2-thread decode fell from 27 to 4.6 tokens/s spinning, and
-    # kept 20.7 passive (idle: 26.9 and 33.6). A user's own setting wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    choose_wait_policy(os.environ)  # before torch starts OpenMP (gencli.threads)
     guard_standard_streams()
     handle_sigterm()
     app(prog_name="gencli")

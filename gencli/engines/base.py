@@ -14,6 +14,7 @@ from transformers.generation.streamers import BaseStreamer
 from gencli.padding import pad_token_id, padding_lengths, position_ids
 from gencli.sampling import build_logits_processors, select_next_token
 from gencli.settings import DecodingOptions
+from gencli.threads import adapt_threads
 
 
 @dataclass
@@ -163,4 +164,5 @@ def decode_n_tokens(engine: StepEngine, request: DecodeRequest, logits: torch.Te
         unfinished &= ~request.stopping(sequence, scores)
         if not unfinished.any():
             return sequence
+        adapt_threads()
         logits = engine.decode_one_token(request, sequence, attention_mask)

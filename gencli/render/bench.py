@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -44,8 +43,7 @@ def print_bench(report: BenchReport, console: Console) -> None:
         return
     load = "" if report.machine_load is None else f" · load average {report.machine_load[0]:.2f}"
     plural = "" if report.threads == 1 else "s"
-    wait_policy = os.environ.get("OMP_WAIT_POLICY", "unset")
-    threads = f"{report.threads} thread{plural} (OMP_WAIT_POLICY {wait_policy})"
+    threads = f"{report.threads} thread{plural} ({report.thread_policy})"
     console.print(
         f"{report.model} · {report.device} {report.weights} · {threads}{load} · "
         f"weights read per token {human_bytes(report.weight_bytes)}",

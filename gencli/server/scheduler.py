@@ -40,6 +40,7 @@ from gencli.padding import position_ids
 from gencli.prefix import CachedPrefix
 from gencli.results import GenerationResult, Timings
 from gencli.sampling import build_logits_processors, select_next_token
+from gencli.threads import adapt_threads
 
 if TYPE_CHECKING:
     from gencli.server.worker import Job
@@ -165,6 +166,7 @@ class Batch:
 
     def step(self) -> list[Row]:
         """One token for every row; returns the rows that finished, which have left."""
+        adapt_threads()
         with torch.inference_mode():
             newest = torch.cat([row.sequence[:, -1:] for row in self.rows])  # [rows, 1]
             self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=-1)

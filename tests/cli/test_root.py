@@ -74,15 +74,22 @@ def test_completion_script_for_the_shell():
     assert "_gencli_completion" in result.stdout and "complete " in result.stdout
 
 
-@pytest.mark.parametrize(("before", "after"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
-def test_openmp_threads_sleep_at_barriers_unless_the_user_says_otherwise(monkeypatch, before, after):
+@pytest.mark.parametrize(
+    ("user", "expected"),
+    [
+        ({}, {"GOMP_SPINCOUNT": "1000000"}),
+        ({"OMP_WAIT_POLICY": "PASSIVE"}, {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": None}),
+        ({"GOMP_SPINCOUNT": "10"}, {"GOMP_SPINCOUNT": "10", "OMP_WAIT_POLICY": None}),
+    ],
+)
+def test_openmp_threads_spin_a_bounded_while_unless_the_user_says_otherwise(monkeypatch, user, expected):
     import gencli.cli
 
-    if before is None:
-        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    else:
-        monkeypatch.setenv("OMP_WAIT_POLICY", before)
+    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in user.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setattr(sys, "argv", ["gencli", "--version"])
     with pytest.raises(SystemExit):
         gencli.cli.main()
-    assert os.environ["OMP_WAIT_POLICY"] == after
+    assert {name: os.environ.get(name) for name in expected} == expected
