@@ -7,12 +7,12 @@ PyTorch's CPU defaults leave much of that unused for one row (2-core EPYC with A
 - float32: MKL runs a one-row product on one core, 14-24 GB/s, while both cores read 31 GB/s.
   Splitting the reduction dimension into one part per thread, a free view of an [in, out] weight,
   and multiplying the parts as a batch (`bmm` gives each thread one) reaches 24-33 GB/s; the
-  partial products are then added. An [out, in] weight is slower either way (12-15 GB/s), so it
-  is copied to [in, out] once.
+  partial products are then added. An [out, in] weight is slower either way (12-15 GB/s), so the
+  LM head (and the embedding tied to it) is stored [in, out] at load (`lay_out_for_one_row`).
 - bfloat16 / float16: oneDNN's one-row path runs at ~15 GB/s. PyTorch's own reduced-precision
   GEMV reaches 35-39 GB/s, but only for an [out, in] weight and only while oneDNN is off, which
   would make every product of more than one row 50x slower; so it is switched off around the
-  one-row call alone.
+  one-row call alone, and the [in, out] `Conv1D` weights are stored [out, in] at load.
 
 The fast paths change only the order of the additions, hence rounding. Inputs of more rows, and
 devices other than the CPU, take the ordinary product on the weight as given, except inside
@@ -61,6 +61,35 @@ def onednn_disabled() -> Iterator[None]:
         torch.backends.mkldnn.enabled = previous
 
 
+def wanted_layout(dtype: torch.dtype) -> Layout:
+    """The layout the one-row kernel for `dtype` reads fastest (see the module's docstring)."""
+    return "out_in" if dtype in REDUCED_PRECISION else "in_out"
+
+
+def lay_out_for_one_row(model: nn.Module) -> None:
+    """Store, in place, every float projection weight of a transformers GPT-2 (`Conv1D`s, the LM
+    head and the embedding tied to it) in the layout its one-row kernel reads; each module keeps a
+    view of the shape it expects. Every mode's `Projection` then reads the model's own tensors, and
+    no engine holds a copy (GPT-2 124M float32: the LM head's 147 MiB once, not once per mode).
+    Products of more rows take the view (BLAS reads either layout); an embedding lookup reads a
+    strided row. CPU only: elsewhere the weights stay as loaded."""
+    from transformers.pytorch_utils import Conv1D
+
+    layouts: dict[nn.Parameter, Layout] = {}
+    for module in model.modules():
+        if isinstance(module, Conv1D):
+            layouts[module.weight] = "in_out"
+    head = getattr(model, "lm_head", None)
+    if isinstance(head, nn.Linear):
+        layouts[head.weight] = "out_in"  # the tied embedding's too: the same Parameter
+    with torch.no_grad():
+        for weight, layout in layouts.items():
+            if weight.device.type != "cpu" or not weight.is_floating_point():
+                continue
+            if wanted_layout(weight.dtype) != layout and weight.is_contiguous():
+                weight.data = weight.data.t().contiguous().t()
+
+
 class Projection(nn.Module):
     """x · W + b for W given as [in, out] (transformers' `Conv1D`) or [out, in] (`nn.Linear`, a tied
     embedding). Shares W; on CPU it also keeps W in the layout its one-row kernel reads, a view
@@ -78,8 +107,9 @@ class Projection(nn.Module):
         self.parts = torch.get_num_threads()
         if weight.device.type != "cpu":
             return
-        wanted: Layout = "out_in" if weight.dtype in REDUCED_PRECISION else "in_out"
-        self.one_row_weight = self.weight if wanted == layout else self.weight.t().contiguous()
+        one_row = self.weight if wanted_layout(weight.dtype) == layout else self.weight.t()
+        # A view where the model's weights were laid out for it (`lay_out_for_one_row`), else a copy.
+        self.one_row_weight = one_row if one_row.is_contiguous() else one_row.contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.one_row_weight is not None and x.shape[:-1].numel() == 1:

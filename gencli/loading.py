@@ -25,6 +25,7 @@ from gencli.catalog import (
     read_config,
 )
 from gencli.errors import GencliError
+from gencli.gemv import lay_out_for_one_row
 from gencli.hub import quiet_libraries, runnable_folder
 from gencli.quantize import quantize_model
 from gencli.settings import Quantization
@@ -163,6 +164,7 @@ def load_model(
         ) from None
     model.to(torch_device).eval()
     quantize_model(model, quantize)
+    lay_out_for_one_row(model)
     tokenizer = load_tokenizer(folder, model.config.vocab_size)
     check_vocabulary(name, tokenizer, model.config.vocab_size)
     loaded = LoadedModel(
@@ -222,6 +224,7 @@ def random_model(
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(GPT2Config()).to(device=torch_device, dtype=resolve_dtype(dtype))
     quantize_model(model.eval(), quantize)
+    lay_out_for_one_row(model)
     tokenizer = AutoTokenizer.from_pretrained(str(BUNDLED_TOKENIZER))
     return LoadedModel(
         name=f"{architecture} architecture, random weights",

@@ -140,3 +140,27 @@ def test_a_projection_keeps_its_split_when_the_thread_count_changes(threads):
         two = projection(x)
         threads(1)
         assert torch.equal(projection(x), two)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_every_mode_reads_the_models_own_weights(tiny_model_dir, dtype):
+    """One layout per weight, made at load: the engines' one-row products read the model's tensors
+    (the LM head, tied to the embedding, included), and the scratch attention's Q/K/V are views."""
+    from gencli.loading import load_model
+
+    loaded = load_model(str(tiny_model_dir), device="cpu", dtype=dtype)
+    model = loaded.model
+    head = model.lm_head.weight
+    assert head is model.transformer.wte.weight
+    storage = {head.untyped_storage().data_ptr()}
+    convs = [module for module in model.modules() if isinstance(module, Conv1D)]
+    storage |= {conv.weight.untyped_storage().data_ptr() for conv in convs}
+    kv_cache, scratch = loaded.engine("kv-cache"), loaded.engine("scratch")
+    projections = [module for module in kv_cache.transformer.modules() if isinstance(module, Projection)]
+    scratch.scratch.lm_head(torch.zeros(1, model.config.n_embd, dtype=head.dtype))  # makes its head
+    projections += [kv_cache.lm_head, scratch.scratch._head]
+    assert projections and all(p.one_row_weight.is_contiguous() for p in projections)
+    assert {p.one_row_weight.untyped_storage().data_ptr() for p in projections} <= storage
+    attention = scratch.scratch.blocks[0].attention
+    fused = model.transformer.h[0].attn.c_attn.weight
+    assert attention.key.weight.untyped_storage().data_ptr() == fused.untyped_storage().data_ptr()

@@ -160,18 +160,19 @@ class MultiHeadSelfAttention(nn.Module):
 
     @classmethod
     def from_hf(cls, hf_attention: nn.Module) -> MultiHeadSelfAttention:
-        """Copy the weights of a Hugging Face `GPT2Attention`.
+        """Take the weights of a Hugging Face `GPT2Attention`, as views: nothing is copied.
 
         HF's `Conv1D` computes x @ W + b with W stored [in, out], the transpose of `nn.Linear`'s
         [out, in]; `c_attn` packs the Q, K and V projections side by side along `out`.
         """
         n_embd = hf_attention.embed_dim
-        attention = cls(
-            n_embd,
-            hf_attention.num_heads,
-            dropout=hf_attention.attn_dropout.p,
-            scale=hf_attention.scaling,
-        )
+        with torch.device("meta"):  # every parameter is replaced below
+            attention = cls(
+                n_embd,
+                hf_attention.num_heads,
+                dropout=hf_attention.attn_dropout.p,
+                scale=hf_attention.scaling,
+            )
         if isinstance(hf_attention.c_attn, Int8Projection):
             # Int8 rows split as they are: the same int8 values and scales, no float detour.
             fused = hf_attention.c_attn
@@ -179,16 +180,15 @@ class MultiHeadSelfAttention(nn.Module):
                 fused.rows(start, start + n_embd) for start in (0, n_embd, 2 * n_embd)
             )
             attention.output = hf_attention.c_proj
-            return attention.eval()  # every parameter it had is replaced: nothing to move
-        weights = hf_attention.c_attn.weight.detach().split(n_embd, dim=1)
-        biases = hf_attention.c_attn.bias.detach().split(n_embd, dim=0)
-        with torch.no_grad():
-            for linear, weight, bias in zip(
-                (attention.query, attention.key, attention.value), weights, biases, strict=True
-            ):
-                linear.weight.copy_(weight.t())
-                linear.bias.copy_(bias)
-            attention.output.weight.copy_(hf_attention.c_proj.weight.detach().t())
-            attention.output.bias.copy_(hf_attention.c_proj.bias.detach())
-        reference = hf_attention.c_attn.weight
-        return attention.to(device=reference.device, dtype=reference.dtype).eval()
+            return attention.eval()
+        fused_weight, fused_bias = hf_attention.c_attn.weight.detach(), hf_attention.c_attn.bias.detach()
+        for index, linear in enumerate((attention.query, attention.key, attention.value)):
+            columns = slice(index * n_embd, (index + 1) * n_embd)
+            _share(linear, fused_weight[:, columns].t(), fused_bias[columns])  # [out, in], [out]
+        _share(attention.output, hf_attention.c_proj.weight.detach().t(), hf_attention.c_proj.bias.detach())
+        return attention.eval()
+
+
+def _share(linear: nn.Linear, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    linear.weight = nn.Parameter(weight, requires_grad=False)
+    linear.bias = nn.Parameter(bias, requires_grad=False)
