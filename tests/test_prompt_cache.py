@@ -3,6 +3,7 @@
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from transformers import GPT2LMHeadModel
 
 from gencli.errors import GencliError
 from gencli.generation import PromptCacheFile, generate_text
@@ -172,10 +173,10 @@ def test_a_one_row_change_to_the_weights_refuses_the_cache(tmp_path):
     folder = save_tiny_model(tmp_path / "model")
     path = tmp_path / "p.safetensors"
     run(load_model(str(folder), device="cpu"), PROMPT, "kv-cache", path)
-    changed = load_model(str(folder), device="cpu")
+    changed = GPT2LMHeadModel.from_pretrained(folder)
     with torch.no_grad():
-        changed.model.transformer.wte.weight[12345] += 1e-3  # one embedding row, overwritten in place
-    changed.model.save_pretrained(folder)
+        changed.transformer.wte.weight[12345] += 1e-3  # one embedding row, overwritten in place
+    changed.save_pretrained(folder)
     reloaded = load_model(str(folder), device="cpu")
     result, notices = run(reloaded, PROMPT, "kv-cache", path, read_only=True)
     assert result.prompt_cache_tokens == 0 and "is for another model" in notices[0]

@@ -1,8 +1,9 @@
 """`kv-cache` mode: run the prompt once, then feed only the newest token with the cache.
 
-Each layer's keys and values for past positions live in a transformers `StaticCache`, allocated
+Each layer's keys and values for past positions live in a transformers `StaticLayer`, allocated
 once (`cache.layers[i].keys`: [batch, heads, max_length, head_dim]) and written in place, rather
-than a `DynamicCache` that grows by concatenation. A step costs one token's work.
+than a `DynamicCache` that grows by concatenation. A step costs one token's work, and attends over
+the positions written so far, not the whole allocation (`FilledStaticLayer`).
 
 A step is the Hugging Face transformer's own forward pass, run by a twin of it that shares its
 weights but takes `gencli.gemv`'s fast path for one-row products, the bulk of a step's time; the
@@ -13,12 +14,40 @@ through the LM head's weight by the same path.
 from __future__ import annotations
 
 import torch
-from transformers import PreTrainedModel
-from transformers.cache_utils import StaticCache
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.cache_utils import Cache, StaticLayer
 
 from gencli.engines.base import CachedStepEngine
 from gencli.gemv import fast_projection, with_fast_one_row_projections
 from gencli.transformers_compat import cache_argument
+
+
+class FilledStaticLayer(StaticLayer):
+    """transformers' `StaticLayer`, whose attention sees only the filled positions: a chat
+    session's cache is allocated for the whole context (1,024 positions for GPT-2), and attending
+    over all of them, masked, cost 115 us a layer a step against 18 us over 80 (measured)."""
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        # Read at every layer of every step: kept on the CPU, where reading it needs no device sync.
+        self.cumulative_length = self.cumulative_length.cpu()
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = super().update(key_states, value_states, *args, **kwargs)
+        filled = int(self.cumulative_length)
+        return keys[:, :, :filled], values[:, :, :filled]  # [batch, heads, filled, head_dim]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return int(self.get_seq_length()) + query_length, 0  # the keys `update` will return
+
+
+class FilledStaticCache(Cache):
+    """One `FilledStaticLayer` per layer of a GPT-2 (every layer attends to all positions)."""
+
+    def __init__(self, config: PretrainedConfig, max_cache_len: int):
+        super().__init__(layers=[FilledStaticLayer(max_cache_len) for _ in range(config.n_layer)])
 
 
 class KVCacheEngine(CachedStepEngine):
@@ -34,13 +63,13 @@ class KVCacheEngine(CachedStepEngine):
     def forward_module(self) -> torch.nn.Module:
         return self.transformer
 
-    def new_cache(self, max_length: int, batch: int = 1) -> StaticCache:
-        # A StaticCache takes its batch size from the first keys written into it.
-        return StaticCache(config=self.model.config, max_cache_len=max_length)
+    def new_cache(self, max_length: int, batch: int = 1) -> FilledStaticCache:
+        # A static layer takes its batch size from the first keys written into it.
+        return FilledStaticCache(self.model.config, max_length)
 
     def next_logits(
         self,
-        cache: StaticCache,
+        cache: FilledStaticCache,
         new_tokens: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
