@@ -12,9 +12,11 @@ from gencli.cli.options import (
     MODEL,
     SOURCES,
     HeadOption,
+    JsonOption,
     LayerOption,
     PromptArgument,
     PromptFileOption,
+    TokenIdsOption,
     inspection_inputs,
     with_options,
 )
@@ -30,22 +32,28 @@ def attention(
         Path | None,
         typer.Option(help="Also write the heatmap as a PNG image (needs matplotlib).", dir_okay=False),
     ] = None,
+    as_json: JsonOption = False,
+    token_ids: TokenIdsOption = False,
     flags: dict[str, Any] | None = None,
 ) -> None:
     """Draw one head's attention weights as a heatmap: rows are tokens, columns what they attend to.
 
     The weights come from the from-scratch attention (verified equal to Hugging Face's). Long
-    prompts show their last tokens, as many as fit the terminal; --png draws them all.
+    prompts show their last tokens, as many as fit the terminal; --png draws them all. --json
+    prints the token ids and labels and every row's weights over the keys up to it (6 decimals).
     """
-    settings, text = inspection_inputs(prompt, file, flags)
+    settings, text = inspection_inputs(prompt, file, flags, token_ids)
     with startup_status("starting") as step:
         loaded = load(settings, step)
         from gencli.render.attention import print_attention_heatmap, save_attention_png
-        from gencli.render.console import stderr_console, stdout_console
+        from gencli.render.console import print_json, stderr_console, stdout_console
         from gencli.scratch.probe import attention_map
 
     amap = attention_map(loaded, text, layer, head)
-    print_attention_heatmap(amap, stdout_console())
+    if as_json:
+        print_json(amap.to_dict())
+    else:
+        print_attention_heatmap(amap, stdout_console())
     if png is not None:
         save_attention_png(amap, str(png))
         stderr_console().print(f"wrote {png}")

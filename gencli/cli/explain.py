@@ -16,6 +16,7 @@ from gencli.cli.options import (
     LayerOption,
     PromptArgument,
     PromptFileOption,
+    TokenIdsOption,
     inspection_inputs,
     with_options,
 )
@@ -41,6 +42,7 @@ def explain(
         ),
     ] = False,
     as_json: JsonOption = False,
+    token_ids: TokenIdsOption = False,
     flags: dict[str, Any] | None = None,
 ) -> None:
     """Walk one attention head through softmax(q·Kᵀ/√d_k)·V for one token of PROMPT: the input row,
@@ -65,7 +67,7 @@ def explain(
             print_worked_example(example, stdout_console())
         return
 
-    settings, text = inspection_inputs(prompt, file, flags)
+    settings, text = inspection_inputs(prompt, file, flags, token_ids)
     with startup_status("starting") as step:
         loaded = load(settings, step)
         from gencli.scratch.explain import explain as walk

@@ -327,13 +327,30 @@ def load_other_weights(
     return load(other, step, arch)
 
 
+TokenIdsOption = Annotated[
+    bool,
+    typer.Option(
+        "--token-ids",
+        help="The prompt is token ids separated by spaces (as tokenize --ids prints them), not text: "
+        "a sequence exactly, where decoding and encoding it again could merge tokens otherwise.",
+    ),
+]
+
+
 def inspection_inputs(
-    prompt: str | None, file: Path | None, flags: dict[str, Any] | None
-) -> tuple[Settings, str]:
+    prompt: str | None, file: Path | None, flags: dict[str, Any] | None, token_ids: bool = False
+) -> tuple[Settings, str | list[int]]:
     """For the commands that look inside the model (attention, explain): the settings in float32,
-    whose numbers they compare with Hugging Face's, and the prompt text, checked."""
+    whose numbers they compare with Hugging Face's, and the prompt, checked: its text, or with
+    `token_ids` the ids it lists."""
 
     settings = resolve(command_line_layers(flags)).settings.model_copy(update={"dtype": "float32"})
     text = read_prompt(prompt, file)
     check_prompt(text)
-    return settings, text
+    if not token_ids:
+        return settings, text
+    words = text.split()
+    bad = next((word for word in words if not word.isdigit()), None)
+    if bad is not None:
+        raise GencliError(f"--token-ids takes token ids (integers) separated by spaces, got {bad!r}")
+    return settings, [int(word) for word in words]

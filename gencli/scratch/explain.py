@@ -120,9 +120,10 @@ def _steps(
 
 
 def explain(
-    loaded: LoadedModel, prompt: str, layer: int = 0, head: int = 0, position: int = -1
+    loaded: LoadedModel, prompt: str | list[int], layer: int = 0, head: int = 0, position: int = -1
 ) -> Explanation:
-    """Walk one head of one layer through the attention formula for the token at `position`."""
+    """Walk one head of one layer through the attention formula for the token at `position` of the
+    prompt (text or token ids)."""
     config = loaded.model.config
     layer = check_index("layer", layer, config.n_layer)
     head = check_index("head", head, config.n_head)

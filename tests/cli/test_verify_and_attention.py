@@ -98,3 +98,28 @@ def test_attention_refuses_a_prompt_longer_than_the_context(tiny_model_dir):
     assert result.stderr == (
         "gencli: error: the prompt is 1100 tokens, more than the model's context of 1024; shorten it\n"
     )
+
+
+def test_attention_json_for_text_and_for_its_token_ids(tiny_model_dir, tiny):
+    model = ["--model", str(tiny_model_dir), "--layer", "1", "--head", "2", "--json"]
+    from_text = json.loads(runner.invoke(app, ["attention", "The cat sat", *model]).stdout)
+    ids = " ".join(map(str, tiny.tokenizer.encode("The cat sat")))
+    from_ids = json.loads(runner.invoke(app, ["attention", ids, "--token-ids", *model]).stdout)
+    assert from_ids == from_text
+    assert from_text["ids"] == tiny.tokenizer.encode("The cat sat")
+    assert [len(row) for row in from_text["weights"]] == [1, 2, 3]
+    assert from_text["weights"][0] == [1.0]
+
+
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        ("464 cat", "gencli: error: --token-ids takes token ids (integers) separated by spaces, got 'cat'\n"),
+        ("464 -1", "gencli: error: --token-ids takes token ids (integers) separated by spaces, got '-1'\n"),
+        ("464 50257", "gencli: error: token ids must be 0 to 50256 for this model\n"),
+    ],
+)
+def test_bad_token_ids_are_one_line(tiny_model_dir, ids, message):
+    result = runner.invoke(app, ["explain", ids, "--token-ids", "--model", str(tiny_model_dir)])
+    assert result.exit_code == 2
+    assert result.stderr == message
