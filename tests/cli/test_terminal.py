@@ -24,13 +24,14 @@ def spawn_gencli(user_dirs, *args, rows=24):
     )
 
 
-def test_start_up_status_names_each_step_then_clears(tiny_model_dir, user_dirs):
-    child = spawn_gencli(
-        user_dirs, "generate", "Hello world", "--model", str(tiny_model_dir), "-n", "4", "--mode", "kv-cache"
-    )
+def test_start_up_status_names_each_step_then_show_probs_colours_each_token(tiny_model_dir, user_dirs):
+    arguments = ["generate", "Hello world", "--model", str(tiny_model_dir), "-n", "6", "--mode", "kv-cache"]
+    child = spawn_gencli(user_dirs, *arguments, "--show-probs", "--no-log", rows=40)
     child.expect("importing torch and transformers")
     child.expect(f"loading model {tiny_model_dir}")
-    child.expect("kv-cache · 2 prompt tokens · 4 new tokens")
+    child.expect(r"\x1b\[(3[12]|33|38;5;208)m")  # a token in green, red, yellow or orange
+    child.expect("Next-token probabilities")
+    child.expect("kv-cache · 2 prompt tokens · 6 new tokens")
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
@@ -85,16 +86,6 @@ def test_sigterm_ends_a_chat_where_ctrl_c_would_not(tiny_model_dir, user_dirs):
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 130
-
-
-def test_show_probs_colours_each_token_on_a_terminal(tiny_model_dir, user_dirs):
-    arguments = ["generate", "Hello world", "--model", str(tiny_model_dir), "-n", "6"]
-    child = spawn_gencli(user_dirs, *arguments, "--mode", "kv-cache", "--show-probs", "--no-log", rows=40)
-    child.expect(r"\x1b\[(3[12]|33|38;5;208)m")  # green, red, yellow or orange
-    child.expect("Next-token probabilities")
-    child.expect(pexpect.EOF)
-    child.close()
-    assert child.exitstatus == 0
 
 
 def test_batch_records_never_share_a_line_with_the_progress_bar(tiny_model_dir, user_dirs, tmp_path):
