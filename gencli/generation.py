@@ -258,6 +258,7 @@ def generate_text(
     cancelled: Callable[[], bool] | None = None,
     top_logprobs: int | None = None,
     on_logprob: Callable[[dict[str, Any]], None] | None = None,
+    on_snapshot: Callable[[CacheSnapshot], None] | None = None,
 ) -> GenerationResult:
     """Continue `prompt` (text or token ids) with the given mode; stream text to `on_text`.
 
@@ -268,7 +269,7 @@ def generate_text(
     (finish reason "interrupted") when it turns true: a server's client went away, say.
     `top_logprobs`: record each new token's log-probability and the N most likely alternatives;
     `on_logprob` hears each record as it is made (in generate mode, after the run: Hugging Face
-    hands its scores over at the end)."""
+    hands its scores over at the end); `on_snapshot` hears each cache snapshot as it is taken."""
     engine = loaded.engine(mode)
     adapt_threads()  # between runs too: generate mode's loop is Hugging Face's
     prompt_ids = encode_prompt(loaded, prompt, options.max_new_tokens)
@@ -290,9 +291,14 @@ def generate_text(
     # In greedy mode there is no cache: an inspection then reports an empty list.
     snapshots: list[CacheSnapshot] | None = [] if inspect_cache else None
 
+    def take_snapshot(count: int) -> None:
+        snapshots.append(snapshot_cache(cache, count))
+        if on_snapshot is not None:
+            on_snapshot(snapshots[-1])
+
     def on_new_token(count: int) -> None:
         if snapshots is not None and cache is not None and (count == 1 or inspect_cache == "steps"):
-            snapshots.append(snapshot_cache(cache, count))
+            take_snapshot(count)
 
     seed = run_seed(options)
     if seed is not None:
@@ -333,7 +339,7 @@ def generate_text(
             and new_ids
             and snapshots[-1].new_tokens != len(new_ids)
         ):
-            snapshots.append(snapshot_cache(cache, len(new_ids)))
+            take_snapshot(len(new_ids))
         if reason is None and cancel is not None and cancel.fired:
             reason = "interrupted"
         if reason is None:

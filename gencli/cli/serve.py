@@ -66,23 +66,16 @@ def serve(
 ) -> None:
     """Keep the model warm behind HTTP: POST /v1/completions and /v1/chat/completions (OpenAI's
     API: any OpenAI client works, scoring with echo and logprobs included), POST /v1/generate
-    (gencli's own settings in, the generate --json record out), GET /v1/models and GET /health.
-    Requests in kv-cache and scratch mode are decoded together as they come (continuous batching).
-    Options here are the defaults for what a request leaves out. Ctrl-C or SIGTERM stops it."""
-    try:
-        import uvicorn
+    (gencli's own settings in, the generate --json record out), GET /v1/models and GET /health; the
+    explore page at / (see gencli explore) and its routes POST /v1/tokenize, /v1/attention,
+    /v1/explain and /v1/compare. Requests in kv-cache and scratch mode are decoded together as they
+    come (continuous batching). Options here are the defaults for what a request leaves out.
+    Ctrl-C or SIGTERM stops it."""
+    require_server_extra()
+    from gencli.server.app import create_app
 
-        from gencli.server.app import create_app
-    except ImportError:
-        raise GencliError("gencli serve needs its extra: pip install 'gencli[serve]'") from None
     layers = command_line_layers(flags)
-    with socket.socket() as probe:  # a taken port is one line, before the model loads
-        try:
-            probe.bind((host, port))
-        except OSError as problem:
-            raise GencliError(
-                f"cannot listen on {host}:{port}: {problem.strerror}; pick another --port"
-            ) from None
+    listener = listen(host, port)
     with startup_status("starting") as step:
         loaded, resolved = load_with_settings(layers, step)
         step(f"building the {resolved.settings.mode} engine")
@@ -98,14 +91,54 @@ def serve(
     )
     if not _is_loopback(host) and not api_key:
         notice(f"warning: listening on {host} without --api-key: anyone who can reach it can use the model")
-    address = f"[{host}]" if ":" in host else host
     served = ", ".join(served_model_name or [loaded.name])
-    notice(f"serving {served} ({resolved.settings.mode}) at http://{address}:{port}/v1 — Ctrl-C stops")
+    notice(
+        f"serving {served} ({resolved.settings.mode}) at {url(listener)}/v1 — the explore page at "
+        f"{url(listener)}/ — Ctrl-C stops"
+    )
+    run_until_stopped(app, listener)
+
+
+def require_server_extra() -> None:
+    """A one-line install hint where the server's extra (uvicorn, starlette) is missing."""
+    try:
+        import uvicorn  # noqa: F401
+
+        import gencli.server.app  # noqa: F401
+    except ImportError:
+        raise GencliError("gencli serve needs its extra: pip install 'gencli[serve]'") from None
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port (0: a free port), before the model loads: a taken port is one
+    line, and the server later takes this very socket, so no other process can take it between."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as problem:
+        listener.close()
+        message = f"cannot listen on {host}:{port}: {problem.strerror}; pick another --port"
+        raise GencliError(message) from None
+    return listener
+
+
+def url(listener: socket.socket) -> str:
+    host, port = listener.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def run_until_stopped(app: Any, listener: socket.socket) -> None:
+    """Serve `app` on `listener` until Ctrl-C or SIGTERM."""
+    import uvicorn
+
     # uvicorn shuts down gracefully on SIGINT or SIGTERM, then raises the signal again for the
     # handler it found: that one ends the command, which has done what was asked of it.
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop_signal, _stopped)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server.run(sockets=[listener])
 
 
 def _stopped(signal_number: int, frame: object) -> None:

@@ -5,8 +5,9 @@ Starlette on uvicorn: every request body is checked by gencli's settings schema,
 per-endpoint pydantic models would be a second schema; Starlette (which FastAPI is built on)
 gives the routing, the streaming and nothing to keep in step.
 
-The package: `app` (the routes), `requests` (what a request asks for, checked), `responses`
-(OpenAI's shapes), `worker` (the thread that runs the model, its queue and prefix caches),
+The package: `app` (the routes), `explore` (the explore page at `/` and the inspection routes
+behind it), `requests` (what a request asks for, checked), `responses` (OpenAI's shapes),
+`scheduler` (batching), `worker` (the thread that runs the model, its queue and prefix caches),
 `errors` (a refusal as OpenAI's error object).
 
 One worker thread runs the model. Requests wait in a bounded queue (full: 503 with Retry-After)

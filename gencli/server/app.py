@@ -202,7 +202,9 @@ def handled(endpoint: Handler) -> Callable[[Request], Awaitable[Response]]:
 
 
 async def health(state: ServerState, request: Request) -> Response:
-    return JSONResponse({"status": "ok", "model": state.names[0]})
+    config = state.loaded.model.config
+    shape = {"layers": config.n_layer, "heads": config.n_head, "context": state.loaded.context_length}
+    return JSONResponse({"status": "ok", "model": state.names[0], **shape})
 
 
 async def models(state: ServerState, request: Request) -> Response:
@@ -306,8 +308,8 @@ async def generate(state: ServerState, request: Request) -> Response:
 
     async def stream(jobs: list[Job]) -> AsyncIterator[str]:
         (job,) = jobs
-        while (text := await job.chunks.get()) is not None:
-            yield sse({"text": text})
+        while (item := await job.chunks.get()) is not None:
+            yield sse({"text": item} if isinstance(item, str) else item)
         try:
             result = await job.done
         except ApiError as problem:
@@ -350,12 +352,20 @@ def create_app(
         yield
         worker.stop()
 
+    from gencli.server import explore  # its handlers build on this module's ServerState
+
     routes = [
+        Route("/", handled(explore.page), methods=["GET"]),
+        Route("/explore/{name}", handled(explore.page_asset), methods=["GET"]),
         Route("/health", handled(health), methods=["GET"]),
         Route("/v1/models", handled(models), methods=["GET"]),
         Route("/v1/completions", handled(completions), methods=["POST"]),
         Route("/v1/chat/completions", handled(chat_completions), methods=["POST"]),
         Route("/v1/generate", handled(generate), methods=["POST"]),
+        Route("/v1/tokenize", handled(explore.tokenize), methods=["POST"]),
+        Route("/v1/attention", handled(explore.attention), methods=["POST"]),
+        Route("/v1/explain", handled(explore.explain), methods=["POST"]),
+        Route("/v1/compare", handled(explore.compare), methods=["POST"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.server = state

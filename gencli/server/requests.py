@@ -241,4 +241,35 @@ def generate_request(body: Any, defaults: Settings, vocab_size: int) -> ParsedRe
         stream=bool(body.get("stream")),
         inspect_cache="ends" if inspect is True else inspect or None,
         top_logprobs=_top_logprobs(body.get("top_logprobs"), "top_logprobs"),
+        step_events=bool(body.get("stream")),
     )
+
+
+def inspection_request(body: Any, vocab_size: int, fields: set[str]) -> dict[str, Any]:
+    """/v1/tokenize, /v1/attention, /v1/explain: one prompt (text or token ids) and the integers
+    `fields` names (layer, head, position), checked. Indexes are checked against the model later."""
+    body = _check_fields(body, {"model", "prompt", *fields})
+    prompt = _one_prompt(body.get("prompt"), vocab_size)
+    if prompt is None:
+        raise ApiError(400, "'prompt' must be a string or a list of token ids", param="prompt")
+    checked: dict[str, Any] = {"prompt": prompt}
+    for name in fields - {"thumbnails"}:
+        value = body.get(name, -1 if name == "position" else 0)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ApiError(400, f"'{name}' must be an integer", param=name)
+        checked[name] = value
+    if "thumbnails" in fields:
+        checked["thumbnails"] = bool(body.get("thumbnails", False))
+    return checked
+
+
+def compare_request(
+    body: Any, defaults: Settings, vocab_size: int
+) -> tuple[str | list[int], DecodingOptions]:
+    """/v1/compare: a prompt and gencli's decoding settings, as /v1/generate takes them."""
+    body = _check_fields(body, {"model", "prompt", *DECODING_KEYS})
+    prompt = _one_prompt(body.get("prompt"), vocab_size)
+    if prompt is None:
+        raise ApiError(400, "'prompt' must be a string or a list of token ids", param="prompt")
+    values = _checked({key: body[key] for key in body if key in DECODING_KEYS})
+    return prompt, defaults.decoding.model_copy(update=values)

@@ -103,6 +103,7 @@ class Row:
         if self.logprobs is not None:
             count = self.job.request.top_logprobs
             self.logprobs.append(logprob_record(self.loaded.tokenizer, scores[0], int(token[0]), count))
+            self.job.send_step("logprob", self.logprobs[-1])
         self.sequence = torch.cat([self.sequence, token[:, None]], dim=-1)
         self.new_ids.append(int(token[0]))
         self.token_times_s.append(time.perf_counter() - self.started)

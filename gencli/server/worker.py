@@ -64,6 +64,8 @@ class ParsedRequest:
     echo: bool = False  # OpenAI's echo: the prompt comes back before the completion, scored with logprobs
     generates: bool = True  # False for max_tokens 0 with echo: the prompt is scored, nothing generated
     n: int = 1  # choices per prompt in the request this choice belongs to
+    # /v1/generate streaming: each token's logprob record and cache snapshot go out as they are made.
+    step_events: bool = False
 
 
 @dataclass
@@ -72,7 +74,8 @@ class Job:
 
     request: ParsedRequest
     loop: asyncio.AbstractEventLoop
-    chunks: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
+    # Text as it is decoded; with `step_events`, also {"logprob": ...} and {"cache": ...}; None ends.
+    chunks: asyncio.Queue[str | dict[str, Any] | None] = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     done: asyncio.Future[GenerationResult] = field(init=False)
 
@@ -82,17 +85,47 @@ class Job:
     def send(self, text: str | None) -> None:
         self.loop.call_soon_threadsafe(self.chunks.put_nowait, text)
 
-    def finish(self, result: GenerationResult | None, problem: Exception | None = None) -> None:
-        def settle() -> None:
-            if self.done.done():
-                return
-            if problem is not None:
-                self.done.set_exception(problem)
-            else:
-                self.done.set_result(result)
+    def send_step(self, kind: str, record: dict[str, Any]) -> None:
+        """A step event ("logprob", "cache"), where the request asked for them."""
+        if self.request.step_events:
+            self.loop.call_soon_threadsafe(self.chunks.put_nowait, {kind: record})
 
+    def finish(self, result: GenerationResult | None, problem: Exception | None = None) -> None:
         self.send(None)
-        self.loop.call_soon_threadsafe(settle)
+        _settle(self.loop, self.done, result, problem)
+
+
+@dataclass
+class Inspection:
+    """Work on the model that is not a generation (an attention map, explain, a comparison of the
+    modes), run by the worker in queue order like a job."""
+
+    work: Callable[[], Any]
+    loop: asyncio.AbstractEventLoop
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    done: asyncio.Future[Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.done = self.loop.create_future()
+
+    def finish(self, result: Any, problem: Exception | None = None) -> None:
+        _settle(self.loop, self.done, result, problem)
+
+
+def _settle(
+    loop: asyncio.AbstractEventLoop, done: asyncio.Future, result: Any, problem: Exception | None
+) -> None:
+    """Give `done` its result or exception, from the worker thread, unless it already has one."""
+
+    def settle() -> None:
+        if done.done():
+            return
+        if problem is not None:
+            done.set_exception(problem)
+        else:
+            done.set_result(result)
+
+    loop.call_soon_threadsafe(settle)
 
 
 class Worker:
@@ -102,7 +135,7 @@ class Worker:
     def __init__(self, loaded: LoadedModel, max_queue: int, prefix_cache_bytes: int):
         self.loaded = loaded
         self.max_queue = max_queue
-        self.waiting: deque[Job | None] = deque()
+        self.waiting: deque[Job | Inspection | None] = deque()
         self.ready = threading.Condition()
         self.entries = max(1, prefix_cache_bytes // cache_entry_bytes(loaded))
         self.pools: dict[str, PrefixPool] = {}
@@ -116,7 +149,7 @@ class Worker:
             self.waiting.append(None)
             self.ready.notify()
 
-    def submit(self, jobs: list[Job]) -> None:
+    def submit(self, jobs: list[Job] | list[Inspection]) -> None:
         """Queue a request's jobs (one per choice), all or none."""
         with self.ready:
             left = [queued for queued in self.waiting if queued is not None and queued.cancelled.is_set()]
@@ -128,7 +161,7 @@ class Worker:
             self.waiting.extend(jobs)
             self.ready.notify()
 
-    def _next(self) -> Job | None:
+    def _next(self) -> Job | Inspection | None:
         with self.ready:
             while not self.waiting:
                 self.ready.wait()
@@ -147,6 +180,13 @@ class Worker:
         while (job := self._next()) is not None:
             if job.cancelled.is_set():
                 job.finish(None, ApiError(499, "the client went away"))
+            elif isinstance(job, Inspection):
+                try:
+                    result = job.work()
+                except Exception as problem:  # a fault in one request must not take the server down
+                    self._finish(job, None, problem)
+                else:
+                    self._finish(job, result, None)
             elif batchable(job):
                 run_batches(self.loaded, job, self._next_to_join, self._prefix, self._finish)
             else:
@@ -159,7 +199,7 @@ class Worker:
             while self.waiting and self.waiting[0] is not None and self.waiting[0].cancelled.is_set():
                 self.waiting.popleft().finish(None, ApiError(499, "the client went away"))
             head = self.waiting[0] if self.waiting else None
-            if head is not None and batchable(head) and head.request.mode == mode:
+            if isinstance(head, Job) and batchable(head) and head.request.mode == mode:
                 return self.waiting.popleft()
             return None
 
@@ -168,7 +208,7 @@ class Worker:
         return pool.take(prompt_ids) if pool is not None else None
 
     @staticmethod
-    def _finish(job: Job, result: GenerationResult | None, problem: Exception | None) -> None:
+    def _finish(job: Job | Inspection, result: Any, problem: Exception | None) -> None:
         if problem is None:
             job.finish(result)
         elif isinstance(problem, GencliError):
@@ -194,6 +234,8 @@ class Worker:
                     prefix=prefix,
                     cancelled=job.cancelled.is_set,
                     top_logprobs=request.top_logprobs,
+                    on_logprob=lambda record: job.send_step("logprob", record),
+                    on_snapshot=lambda snapshot: job.send_step("cache", snapshot.to_dict()),
                 )
             else:
                 result = score_prompt(self.loaded, request.prompt, request.mode, request.top_logprobs)

@@ -1,0 +1,146 @@
+"""The explore page in Chromium: it loads cleanly, streams what /v1/completions returns, and its
+heatmap, alternatives, KV cache and explain panels show the CLI's numbers."""
+
+import json
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect
+from typer.testing import CliRunner
+
+from gencli.cli import app
+
+runner = CliRunner()
+PROMPT = "The cat sat on the mat"
+NEW_TOKENS = 6
+
+
+@pytest.fixture
+def explore(page: Page, served) -> Page:
+    """The page, with the server's API key in its session (as the page asks for it on a 401)."""
+    page.add_init_script(f"sessionStorage.setItem('gencli-api-key', {json.dumps(served.api_key)})")
+    page.goto(served.url + "/")
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    return page
+
+
+def generate(page: Page, prompt: str = PROMPT, tokens: int = NEW_TOKENS) -> None:
+    page.fill("#prompt", prompt)
+    page.fill("#max-tokens", str(tokens))
+    page.fill("#temperature", "0")
+    page.press("#prompt", "Enter")  # Enter generates
+    expect(page.locator("#status")).to_contain_text(f"{tokens} tokens (length)")
+    expect(page.locator("#heatmap svg")).to_be_visible()
+
+
+def cli_json(*args: str) -> dict:
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_the_page_loads_and_generates_without_console_errors(page: Page, served):
+    problems = []
+    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.add_init_script(f"sessionStorage.setItem('gencli-api-key', {json.dumps(served.api_key)})")
+    page.goto(served.url + "/?prompt=Once+upon")
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    expect(page.locator("#prompt")).to_have_value("Once upon")
+    generate(page)
+    page.click("#compare")
+    expect(page.locator("#verdict")).to_have_text("All 4 modes agree, token for token.")
+    assert problems == []
+
+
+def test_the_page_streams_the_text_completions_returns(explore: Page, served):
+    generate(explore)
+    completion = httpx.post(
+        served.url + "/v1/completions",
+        json={"prompt": PROMPT, "max_tokens": NEW_TOKENS, "temperature": 0},
+        headers={"Authorization": f"Bearer {served.api_key}"},
+        timeout=60,
+    ).json()
+    assert explore.inner_text("#output") == completion["choices"][0]["text"]
+    assert explore.locator(".token:not(.prompt)").count() == NEW_TOKENS
+
+
+def test_the_heatmap_shows_the_clis_attention(explore: Page, tiny_model_dir):
+    generate(explore)
+    explore.select_option("#layer", "1")
+    explore.select_option("#head", "2")
+    expect(explore.locator("#heatmap svg")).to_have_attribute(
+        "aria-label", "layer 1 head 2: attention of 12 tokens"
+    )
+    ids = explore.evaluate("window.explore.ids")
+    count = len(ids)
+    cells = explore.eval_on_selector_all(
+        "#heatmap rect.cell", "rects => rects.map(r => [+r.dataset.query, +r.dataset.key, +r.dataset.weight])"
+    )
+    assert len(cells) == count * count
+    sequence = " ".join(map(str, ids))
+    args = ["--layer", "1", "--head", "2", "--token-ids"]
+    expected = cli_json("attention", sequence, "--model", str(tiny_model_dir), *args)
+    for query, key, weight in cells:
+        wanted = expected["weights"][query][key] if key <= query else 0.0
+        assert weight == pytest.approx(wanted, abs=1e-4)
+    explore.hover(f"#heatmap rect.cell[data-query='{count - 1}'][data-key='0']")
+    expect(explore.locator("#cell-info")).to_contain_text(f"query {count - 1}")
+
+
+def test_every_head_is_a_small_map(explore: Page):
+    generate(explore)
+    explore.select_option("#head", "all")
+    expect(explore.locator("#heatmap figure")).to_have_count(4)
+    explore.click("#heatmap figure >> nth=3")
+    expect(explore.locator("#head")).to_have_value("3")
+
+
+def test_a_tokens_hover_shows_its_alternatives(explore: Page):
+    generate(explore)
+    explore.hover(".token:not(.prompt) >> nth=2")
+    tooltip = explore.locator("#alternatives")
+    expect(tooltip).to_be_visible()
+    expect(tooltip).to_contain_text("chosen with p = ")
+    expect(tooltip.locator("tr.alternative")).to_have_count(5)
+    explore.focus(".token:not(.prompt) >> nth=2")
+    explore.keyboard.press("Tab")  # the next token takes focus, and shows its own
+    expect(tooltip).to_contain_text("token 9:")
+
+
+def test_the_cache_grows_by_one_position_a_token(explore: Page):
+    generate(explore)
+    history = explore.evaluate("window.explore.cacheHistory")
+    prompt_length = explore.evaluate("window.explore.promptLength")
+    assert history == list(range(prompt_length, prompt_length + NEW_TOKENS))
+    final = prompt_length + NEW_TOKENS - 1
+    expect(explore.locator("#cache tbody tr")).to_have_count(2)
+    expect(explore.locator("#cache tbody tr >> nth=0")).to_contain_text(f"[1, 4, {final}, 16]")
+    expect(explore.locator("#cache-summary")).to_contain_text(f"{final} positions held")
+
+
+def test_the_explain_panel_ends_on_the_clis_vector(explore: Page, tiny_model_dir):
+    generate(explore)
+    explore.select_option("#layer", "1")
+    explore.select_option("#head", "3")
+    explore.click(".token >> nth=4")
+    final = explore.locator("#explain-final")
+    expect(final).to_have_count(1)
+    shown = json.loads(final.text_content())
+    sequence = " ".join(map(str, explore.evaluate("window.explore.ids")))
+    args = ["--layer", "1", "--head", "3", "--position", "4", "--token-ids"]
+    expected = cli_json("explain", sequence, "--model", str(tiny_model_dir), *args)
+    assert shown == pytest.approx(expected["steps"]["head_output"], abs=1e-5)
+    expect(explore.locator("#explain")).to_contain_text("checked against Hugging Face: equal")
+
+
+def test_stop_ends_a_generation_and_the_page_goes_on(explore: Page):
+    explore.fill("#prompt", PROMPT)
+    explore.fill("#max-tokens", "1000")
+    explore.click("#generate")
+    expect(explore.locator(".token:not(.prompt) >> nth=3")).to_be_attached()
+    explore.keyboard.press("Escape")
+    expect(explore.locator("#status")).to_contain_text("stopped after")
+    assert explore.locator(".token:not(.prompt)").count() < 1000
+    expect(explore.locator("#generate")).to_be_enabled()
+    generate(explore, tokens=3)
