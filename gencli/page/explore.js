@@ -63,9 +63,11 @@ function settings() {
 
 // ---- Tokens -------------------------------------------------------------------------------
 
-function probabilityColour(probability) {
-  // red (unlikely) through yellow to green (likely)
-  return `hsla(${Math.round(120 * probability)}, 75%, 50%, 0.35)`;
+function probabilityColour(logprob) {
+  // Red (p below about 0.001) through yellow (about 0.03) to green (1), on the log scale: a
+  // language model's probabilities spread over orders of magnitude.
+  const share = Math.max(0, 1 + logprob / 7);
+  return `hsla(${Math.round(120 * share)}, 75%, 50%, 0.35)`;
 }
 
 function addToken(text, index, step) {
@@ -76,7 +78,7 @@ function addToken(text, index, step) {
   span.textContent = text;
   if (step) {
     const probability = Math.exp(step.logprob);
-    span.style.background = probabilityColour(probability);
+    span.style.background = probabilityColour(step.logprob);
     span.dataset.probability = probability.toFixed(4);
     span.setAttribute("aria-label", `${JSON.stringify(text)}, probability ${probability.toFixed(3)}`);
   }
@@ -247,6 +249,9 @@ function fillSelect(select, count, extra) {
   if (extra) select.add(new Option(extra, "all"));
 }
 
+let attentionAsked = 0;
+let explainAsked = 0;
+
 async function drawAttention() {
   if (!state.ids.length) return;
   const everyHead = $("head").value === "all";
@@ -256,12 +261,16 @@ async function drawAttention() {
     head: everyHead ? 0 : Number($("head").value),
     thumbnails: everyHead,
   };
+  const asked = ++attentionAsked;  // a later choice of layer or head overrides an earlier one still on its way
+  let answer;
   try {
-    state.attention = await (await api("/v1/attention", body)).json();
+    answer = await (await api("/v1/attention", body)).json();
   } catch (error) {
-    $("heatmap").textContent = error.message;
+    if (asked === attentionAsked) $("heatmap").textContent = error.message;
     return;
   }
+  if (asked !== attentionAsked) return;
+  state.attention = answer;
   if (everyHead) drawHeadGrid(state.attention);
   else drawHeatmap(state.attention);
 }
@@ -288,11 +297,7 @@ function heatmapSvg(rows, size, labels) {
         rect.dataset.query = query;
         rect.dataset.key = key;
         rect.dataset.weight = weight;
-        rect.addEventListener("mouseenter", () => {
-          $("cell-info").textContent =
-            `query ${query} ${JSON.stringify(labels[query])} → key ${key} ${JSON.stringify(labels[key])}: ` +
-            `weight ${weight.toFixed(4)}`;
-        });
+        rect.addEventListener("mouseenter", () => describeCell(labels, query, key, weight));
       }
       svg.appendChild(rect);
     }
@@ -300,11 +305,51 @@ function heatmapSvg(rows, size, labels) {
   return svg;
 }
 
+// Up to this many tokens the map is SVG, a rect per cell; beyond, a canvas (1,024 tokens would
+// be a million rects).
+const SVG_TOKENS = 128;
+
+function describeCell(labels, query, key, weight) {
+  $("cell-info").textContent =
+    `query ${query} ${JSON.stringify(labels[query])} → key ${key} ${JSON.stringify(labels[key])}: ` +
+    `weight ${weight.toFixed(4)}`;
+}
+
+function heatmapCanvas(rows, size, labels) {
+  const count = rows.length;
+  const canvas = document.createElement("canvas");
+  canvas.width = count;
+  canvas.height = count;
+  canvas.style.width = `${size}px`;
+  canvas.style.height = `${size}px`;
+  canvas.style.imageRendering = "pixelated";
+  const context = canvas.getContext("2d");
+  const image = context.createImageData(count, count);
+  const [red, green, blue] = getComputedStyle(document.documentElement)
+    .getPropertyValue("--cell").split(",").map(Number);
+  rows.forEach((row, query) => {
+    row.forEach((weight, key) => {
+      const at = 4 * (query * count + key);
+      image.data.set([red, green, blue, Math.round(255 * Math.sqrt(weight))], at);
+    });
+  });
+  context.putImageData(image, 0, 0);
+  canvas.addEventListener("mousemove", (event) => {
+    const box = canvas.getBoundingClientRect();
+    const query = Math.min(count - 1, Math.floor(((event.clientY - box.top) / box.height) * count));
+    const key = Math.min(count - 1, Math.floor(((event.clientX - box.left) / box.width) * count));
+    describeCell(labels, query, key, key <= query ? rows[query][key] : 0);
+  });
+  return canvas;
+}
+
 function drawHeatmap(amap) {
-  const size = Math.min(640, Math.max(200, amap.weights.length * 14));
-  const svg = heatmapSvg(amap.weights, size, amap.tokens);
-  svg.setAttribute("aria-label", `layer ${amap.layer} head ${amap.head}: attention of ${amap.weights.length} tokens`);
-  $("heatmap").replaceChildren(svg);
+  const count = amap.weights.length;
+  const size = Math.min(640, Math.max(200, count * 14));
+  const map = count <= SVG_TOKENS ? heatmapSvg(amap.weights, size, amap.tokens) : heatmapCanvas(amap.weights, size, amap.tokens);
+  map.setAttribute("role", "img");
+  map.setAttribute("aria-label", `layer ${amap.layer} head ${amap.head}: attention of ${count} tokens`);
+  $("heatmap").replaceChildren(map);
 }
 
 function drawHeadGrid(amap) {
@@ -342,14 +387,17 @@ async function explainPosition(position) {
   const panel = $("explain");
   panel.className = "";
   panel.textContent = "working…";
+  const asked = ++explainAsked;  // the last token clicked is the one explained
   let explained;
   try {
     explained = await (await api("/v1/explain", { prompt: state.ids, layer, head, position })).json();
   } catch (error) {
+    if (asked !== explainAsked) return;
     panel.textContent = error.message;
     panel.className = "error";
     return;
   }
+  if (asked !== explainAsked) return;
   state.explanation = explained;
   const steps = explained.steps;
   const lines = [

@@ -30,7 +30,7 @@ def generate(page: Page, prompt: str = PROMPT, tokens: int = NEW_TOKENS) -> None
     page.fill("#temperature", "0")
     page.press("#prompt", "Enter")  # Enter generates
     expect(page.locator("#status")).to_contain_text(f"{tokens} tokens (length)")
-    expect(page.locator("#heatmap svg")).to_be_visible()
+    expect(page.locator("#heatmap svg, #heatmap canvas")).to_be_visible()
 
 
 def cli_json(*args: str) -> dict:
@@ -144,3 +144,13 @@ def test_stop_ends_a_generation_and_the_page_goes_on(explore: Page):
     assert explore.locator(".token:not(.prompt)").count() < 1000
     expect(explore.locator("#generate")).to_be_enabled()
     generate(explore, tokens=3)
+
+
+def test_a_long_sequence_is_drawn_on_a_canvas(explore: Page):
+    generate(explore, tokens=140)  # 146 tokens: a rect per cell would be 21,316 rects
+    canvas = explore.locator("#heatmap canvas")
+    expect(canvas).to_have_attribute("aria-label", "layer 0 head 0: attention of 146 tokens")
+    assert explore.eval_on_selector("#heatmap canvas", "c => [c.width, c.height]") == [146, 146]
+    height = canvas.bounding_box()["height"]
+    canvas.hover(position={"x": 1, "y": height - 1})  # the last query's first key
+    expect(explore.locator("#cell-info")).to_contain_text("query 145")
