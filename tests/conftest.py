@@ -132,7 +132,8 @@ class Server:
             return json.loads(response.read())
 
 
-def start_server(model_dir: Path, home: Path, *args: str, api_key: str = "secret") -> Server:
+def launch_server(model_dir: Path, home: Path, *args: str, api_key: str = "secret") -> Server:
+    """Start `gencli serve` without waiting for it: servers launched together start side by side."""
     port = free_port()
     env = {**os.environ, "XDG_DATA_HOME": str(home / "data"), "XDG_CONFIG_HOME": str(home / "config")}
     command = [sys.executable, "-m", "gencli", "serve", "--model", str(model_dir), "--port", str(port)]
@@ -143,17 +144,20 @@ def start_server(model_dir: Path, home: Path, *args: str, api_key: str = "secret
         stderr=subprocess.PIPE,
         env=env,
     )
-    server = Server(f"http://127.0.0.1:{port}", api_key, process)
+    return Server(f"http://127.0.0.1:{port}", api_key, process)
+
+
+def wait_until_ready(server: Server) -> Server:
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"gencli serve exited: {process.stderr.read().decode()}")
+        if server.process.poll() is not None:
+            raise RuntimeError(f"gencli serve exited: {server.process.stderr.read().decode()}")
         try:
             with urllib.request.urlopen(server.url + "/health", timeout=1):
                 return server
         except OSError:
             time.sleep(0.2)
-    process.kill()
+    server.process.kill()
     raise RuntimeError("gencli serve did not answer /health in 90 s")
 
 
@@ -167,10 +171,12 @@ def stop_server(server: Server) -> int:
 
 
 @pytest.fixture(scope="session")
-def served(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One `gencli serve` of the tiny model for the session: kv-cache, greedy, 8 new tokens by
-    default, an API key, a queue of 8, and 'gpt2' as a second name for the model."""
-    server = start_server(
+def servers(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Server, Server]]:
+    """The session's two `gencli serve`s of the tiny model, started side by side (each spends
+    seconds importing): `served`, and a spare one that a test may stop."""
+    main = launch_server(
         tiny_model_dir,
         tmp_path_factory.mktemp("serve-home"),
         "--mode",
@@ -184,5 +190,21 @@ def served(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         "--served-model-name",
         "gpt2",
     )
-    yield server
-    stop_server(server)
+    spare = launch_server(tiny_model_dir, tmp_path_factory.mktemp("spare-home"), "--mode", "kv-cache")
+    yield wait_until_ready(main), wait_until_ready(spare)
+    for server in (main, spare):
+        if server.process.poll() is None:
+            stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def served(servers: tuple[Server, Server]) -> Server:
+    """One `gencli serve` of the tiny model for the session: kv-cache, greedy, 8 new tokens by
+    default, an API key, a queue of 8, and 'gpt2' as a second name for the model."""
+    return servers[0]
+
+
+@pytest.fixture(scope="session")
+def spare_server(servers: tuple[Server, Server]) -> Server:
+    """A second `gencli serve` of the tiny model (kv-cache), for a test that stops it."""
+    return servers[1]

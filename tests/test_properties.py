@@ -39,7 +39,7 @@ values = st.one_of(
     st.floats(allow_nan=True).map(str),
     st.sampled_from(["", "-1", "nan", "inf", "1e309", str(2**70)]),
 )
-quick = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+quick = settings(max_examples=28, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def assert_clean(result):

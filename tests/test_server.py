@@ -11,7 +11,7 @@ import pytest
 from gencli.generation import generate_text
 from gencli.server.worker import PrefixPool
 from gencli.settings import resolve
-from tests.conftest import start_server, stop_server
+from tests.conftest import stop_server
 
 openai = pytest.importorskip("openai")
 
@@ -235,8 +235,8 @@ def test_prefix_pool_takes_the_longest_shared_prefix_then_the_least_recent():
     assert len(made) == 2
 
 
-def test_sigterm_stops_the_server_cleanly(tiny_model_dir, tmp_path):
-    server = start_server(tiny_model_dir, tmp_path, "--mode", "kv-cache")
+def test_sigterm_stops_the_server_cleanly(tiny_model_dir, spare_server):
+    server = spare_server
     assert stop_server(server) == 0
     stderr = server.process.stderr.read().decode()
     assert f"serving {tiny_model_dir} (kv-cache) at {server.url}/v1" in stderr and "Traceback" not in stderr
