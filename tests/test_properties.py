@@ -139,14 +139,14 @@ def test_any_damaged_prompt_cache(tiny_model_dir, tmp_path_factory, cache_file, 
 
 
 def _command_options() -> dict[str, list[str]]:
-    """Every command that runs here and ends on its own (not chat, serve, pull, bench), with the
-    long names of its options."""
+    """Every command that runs here and ends on its own (not chat, serve, explore, pull, bench),
+    with the long names of its options."""
     import typer.main
 
     root = typer.main.get_command(app)
     options = {}
     for name, command in root.commands.items():
-        if name in ("chat", "serve", "pull", "bench", "config"):
+        if name in ("chat", "serve", "explore", "pull", "bench", "config"):
             continue
         options[name] = [
             flag for parameter in command.params for flag in parameter.opts if flag.startswith("--")

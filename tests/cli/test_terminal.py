@@ -41,7 +41,12 @@ def spawn_chat(model, user_dirs, *args):
     return spawn_gencli(user_dirs, "chat", "--model", str(model), "--mode", "kv-cache", *args, rows=40)
 
 
-def test_chat_prompt_commands_ctrl_c_and_ctrl_d(tiny_model_dir, user_dirs):
+def test_chat_prompt_commands_ctrl_c_ctrl_d_and_sigterm(tiny_model_dir, user_dirs):
+    import signal
+
+    # A second session, started alongside (each spends seconds importing), is ended by SIGTERM
+    # at its prompt, where Ctrl-C would only drop the line.
+    terminated = spawn_chat(tiny_model_dir, user_dirs, "-n", "4")
     child = spawn_chat(tiny_model_dir, user_dirs, "-n", "6")
     child.expect("/help lists the commands")
     child.expect(">>> ")
@@ -75,17 +80,11 @@ def test_chat_prompt_commands_ctrl_c_and_ctrl_d(tiny_model_dir, user_dirs):
     assert child.exitstatus == 0
     history = (user_dirs / "user-data" / "gencli" / "chat_history").read_text()
     assert "What news?" in history and "/show" in history
-
-
-def test_sigterm_ends_a_chat_where_ctrl_c_would_not(tiny_model_dir, user_dirs):
-    import signal
-
-    child = spawn_chat(tiny_model_dir, user_dirs, "-n", "4")
-    child.expect(">>> ")
-    child.kill(signal.SIGTERM)
-    child.expect(pexpect.EOF)
-    child.close()
-    assert child.exitstatus == 130
+    terminated.expect(">>> ")
+    terminated.kill(signal.SIGTERM)
+    terminated.expect(pexpect.EOF)
+    terminated.close()
+    assert terminated.exitstatus == 130
 
 
 def test_batch_records_never_share_a_line_with_the_progress_bar(tiny_model_dir, user_dirs, tmp_path):
