@@ -122,7 +122,11 @@ def token_bytes(tokenizer: Any, token_id: int) -> bytes:
 
 
 def tokenize(tokenizer: Any, text: str) -> list[TokenPiece]:
-    ids = tokenizer.encode(text, add_special_tokens=False)
+    return pieces(tokenizer, tokenizer.encode(text, add_special_tokens=False))
+
+
+def pieces(tokenizer: Any, ids: list[int]) -> list[TokenPiece]:
+    """Each id with the bytes it stands for."""
     return [TokenPiece(token_id, token_bytes(tokenizer, token_id)) for token_id in ids]
 
 

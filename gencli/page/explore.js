@@ -15,7 +15,6 @@ const state = {
   attention: null,    // the last /v1/attention answer
   explanation: null,  // the last /v1/explain answer
   running: null,      // the AbortController of the generation in flight
-  config: null,
 };
 window.explore = state;
 
@@ -138,9 +137,9 @@ async function generate() {
   renderCache(null);
   try {
     const tokenized = await (await api("/v1/tokenize", { prompt })).json();
-    state.ids = [...tokenized.ids];
-    state.promptLength = tokenized.ids.length;
-    tokenized.tokens.forEach((text, index) => addToken(text, index, null));
+    state.ids = tokenized.tokens.map((token) => token.id);
+    state.promptLength = tokenized.count;
+    tokenized.tokens.forEach((token, index) => addToken(token.text ?? token.label, index, null));
     const body = { prompt, stream: true, top_logprobs: TOP_ALTERNATIVES, inspect_cache: "steps", ...settings() };
     const response = await api("/v1/generate", body, controller.signal);
     await readEvents(response, onEvent);
@@ -323,6 +322,7 @@ function heatmapCanvas(rows, size, labels) {
   canvas.style.width = `${size}px`;
   canvas.style.height = `${size}px`;
   canvas.style.imageRendering = "pixelated";
+  canvas.setAttribute("role", "img");
   const context = canvas.getContext("2d");
   const image = context.createImageData(count, count);
   const [red, green, blue] = getComputedStyle(document.documentElement)
@@ -347,7 +347,6 @@ function drawHeatmap(amap) {
   const count = amap.weights.length;
   const size = Math.min(640, Math.max(200, count * 14));
   const map = count <= SVG_TOKENS ? heatmapSvg(amap.weights, size, amap.tokens) : heatmapCanvas(amap.weights, size, amap.tokens);
-  map.setAttribute("role", "img");
   map.setAttribute("aria-label", `layer ${amap.layer} head ${amap.head}: attention of ${count} tokens`);
   $("heatmap").replaceChildren(map);
 }
@@ -476,7 +475,6 @@ async function compareModes() {
 
 async function start() {
   const health = await (await fetch("/health")).json();
-  state.config = health;
   $("model").textContent = `${health.model} · ${health.layers} layers × ${health.heads} heads · context ${health.context}`;
   fillSelect($("layer"), health.layers);
   fillSelect($("head"), health.heads, "all heads");

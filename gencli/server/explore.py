@@ -19,6 +19,8 @@ from gencli.scratch.probe import attention_map
 from gencli.server.app import ServerState, read_request
 from gencli.server.requests import compare_request, inspection_request
 from gencli.server.worker import Inspection
+from gencli.tokens import pieces
+from gencli.tokens import tokenize as tokenize_text
 
 PAGE_FILES = {
     "index.html": "text/html; charset=utf-8",
@@ -51,11 +53,13 @@ async def inspect(state: ServerState, work: Callable[[], Any]) -> Any:
 
 
 async def tokenize(state: ServerState, request: Request) -> Response:
-    body, _ = await read_request(state, request)
+    """What `gencli tokenize --json` prints: the model's name, the count and each token's id, text,
+    bytes and label."""
+    body, model = await read_request(state, request)
     prompt = inspection_request(body, state.vocab_size, set())["prompt"]
     tokenizer = state.prompt_checker.tokenizer
-    ids = prompt if isinstance(prompt, list) else tokenizer.encode(prompt, add_special_tokens=False)
-    return JSONResponse({"ids": ids, "tokens": [tokenizer.decode([token]) for token in ids]})
+    found = pieces(tokenizer, prompt) if isinstance(prompt, list) else tokenize_text(tokenizer, prompt)
+    return JSONResponse({"model": model, "count": len(found), "tokens": [piece.to_dict() for piece in found]})
 
 
 async def attention(state: ServerState, request: Request) -> Response:

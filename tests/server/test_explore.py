@@ -34,10 +34,13 @@ def test_the_page_and_its_files_are_served(served):
     assert (health["layers"], health["heads"], health["context"]) == (2, 4, 1024)
 
 
-def test_tokenize_gives_ids_and_their_text(served, tiny):
+def test_tokenize_equals_the_cli_for_text_and_for_ids(served, tiny, tiny_model_dir):
     answer = post(served, "/v1/tokenize", {"prompt": PROMPT}).json()
-    assert answer["ids"] == tiny.tokenizer.encode(PROMPT)
-    assert "".join(answer["tokens"]) == PROMPT
+    expected = cli_json("tokenize", PROMPT, "--model", str(tiny_model_dir))
+    assert answer == expected  # the served name is the --model it was given, as the CLI's
+    assert [token["id"] for token in answer["tokens"]] == tiny.tokenizer.encode(PROMPT)
+    ids = [token["id"] for token in answer["tokens"]]
+    assert post(served, "/v1/tokenize", {"prompt": ids}).json() == answer
 
 
 def test_attention_equals_the_cli(served, tiny_model_dir):
