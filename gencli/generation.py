@@ -19,7 +19,7 @@ from transformers.generation.stopping_criteria import (
     MaxLengthCriteria,
     StopStringCriteria,
 )
-from transformers.generation.streamers import BaseStreamer, TextStreamer
+from transformers.generation.streamers import BaseStreamer
 
 from gencli import prompt_cache as prompt_cache_files
 from gencli.cache import CacheSnapshot, snapshot_cache
@@ -29,9 +29,10 @@ from gencli.loading import LoadedModel
 from gencli.padding import left_pad, pad_token_id
 from gencli.prefix import CachedPrefix, reusable_length
 from gencli.results import FinishReason, GenerationResult, Timings
-from gencli.sampling import token_logprobs
+from gencli.sampling import end_token_ids, token_logprobs
 from gencli.settings import DecodingOptions, check_prompt
 from gencli.threads import adapt_threads
+from gencli.tokens import TokenText, token_bytes
 
 CacheInspection = Literal["ends", "steps"]
 
@@ -52,14 +53,23 @@ class GenerationInterrupted(Exception):
         self.result = result
 
 
-class TextCallbackStreamer(TextStreamer):
-    def __init__(self, tokenizer: Any, on_text: Callable[[str], None]):
-        super().__init__(tokenizer, skip_prompt=False, skip_special_tokens=True)
-        self._on_text = on_text
+class TextCallbackStreamer(BaseStreamer):
+    """Hands each new token's text to `on_text` as soon as its characters are whole: a token at
+    a time, where Hugging Face's TextStreamer waits for the end of a word. It hears new tokens
+    only (the prompt is not streamed)."""
 
-    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-        if text:
-            self._on_text(text)
+    def __init__(self, tokenizer: Any, on_text: Callable[[str], None], skip_special_tokens: bool = True):
+        self.text = TokenText(tokenizer, skip_special_tokens)
+        self.on_text = on_text
+
+    def put(self, value: torch.Tensor) -> None:
+        for token in value.reshape(-1).tolist():
+            if piece := self.text.add(token):
+                self.on_text(piece)
+
+    def end(self) -> None:
+        if piece := self.text.rest():
+            self.on_text(piece)
 
 
 class _RecordingStreamer(BaseStreamer):
@@ -68,7 +78,7 @@ class _RecordingStreamer(BaseStreamer):
     def __init__(
         self,
         start: float,
-        text_streamer: TextStreamer | None,
+        text_streamer: TextCallbackStreamer | None,
         on_new_token: Callable[[int], None] | None,
     ):
         self.start = start
@@ -138,9 +148,9 @@ def build_stopping_criteria(
     loaded: LoadedModel, prompt_length: int, options: DecodingOptions
 ) -> StoppingCriteriaList:
     criteria = StoppingCriteriaList([MaxLengthCriteria(max_length=prompt_length + options.max_new_tokens)])
-    eos_token_id = stopping_eos(loaded, options)
-    if eos_token_id is not None:
-        criteria.append(EosTokenCriteria(eos_token_id=eos_token_id))
+    ending = end_token_ids(stopping_eos(loaded, options), options)
+    if ending:
+        criteria.append(EosTokenCriteria(eos_token_id=ending))
     if options.stop:
         criteria.append(loaded.stop_criterion(options.stop))
     return criteria
@@ -165,6 +175,26 @@ def encode_prompt(loaded: LoadedModel, prompt: str | list[int], max_new_tokens: 
     return prompt_ids
 
 
+class TokenIdOutOfVocabularyError(GencliError):
+    """A setting names a token id the model does not have; `key` is the setting (logit_bias)."""
+
+    def __init__(self, key: str, token: int, vocab_size: int):
+        self.key, self.token, self.vocab_size = key, token, vocab_size
+        super().__init__(
+            f"{key} names token id {token}, past the model's vocabulary of {vocab_size} tokens; "
+            f"use ids below {vocab_size}"
+        )
+
+
+def check_token_ids(loaded: LoadedModel, options: DecodingOptions) -> None:
+    """Refuse a logit bias on a token the model lacks before a run starts: Hugging Face's bias
+    processor would fail at the first step. (Suppressed and stop ids past it are never chosen.)"""
+    vocab_size = loaded.model.config.vocab_size
+    for token in options.logit_bias:
+        if token >= vocab_size:
+            raise TokenIdOutOfVocabularyError("logit_bias", token, vocab_size)
+
+
 class ContextOverflowError(GencliError):
     """Prompt plus new tokens past the model's context; `name` words the max_new_tokens key as
     the user gave it (the CLI says --max-new-tokens)."""
@@ -183,27 +213,41 @@ class ContextOverflowError(GencliError):
 
 
 def finish_reason(
-    sequence: torch.Tensor, new_ids: list[int], eos_token_id: int | None, stopping: StoppingCriteriaList
+    sequence: torch.Tensor,
+    new_ids: list[int],
+    eos_token_id: int | None,
+    stopping: StoppingCriteriaList,
+    stop_token_ids: tuple[int, ...] = (),
 ) -> FinishReason:
     """Why generation of `new_ids` ended; `sequence` is [1, prompt + new] for the stop strings."""
     if new_ids and new_ids[-1] == eos_token_id:
         return "eos"
+    if new_ids and new_ids[-1] in stop_token_ids:
+        return "stop"
     stop_strings = [c for c in stopping if isinstance(c, StopStringCriteria)]
     if new_ids and any(bool(c(sequence, None).any()) for c in stop_strings):
         return "stop"
     return "length"
 
 
-def logprob_record(tokenizer: Any, scores: torch.Tensor, token: int, count: int) -> dict[str, Any]:
-    """`token`'s log-probability under `scores` ([vocab], what it was chosen from) and the `count`
-    most likely tokens with theirs, each with its text."""
-    chosen, top = token_logprobs(scores, token, count)
-    piece = tokenizer.decode
+def token_entry(tokenizer: Any, token: int, logprob: float | None) -> dict[str, Any]:
+    """A token in a logprob record: its id, its text, the bytes it stands for (the text of a token
+    that ends inside a character is not its bytes) and its log-probability."""
     return {
         "token": token,
-        "text": piece([token]),
-        "logprob": chosen,
-        "top": [{"token": other, "text": piece([other]), "logprob": value} for other, value in top],
+        "text": tokenizer.decode([token]),
+        "bytes": list(token_bytes(tokenizer, token)),
+        "logprob": logprob,
+    }
+
+
+def logprob_record(tokenizer: Any, scores: torch.Tensor, token: int, count: int) -> dict[str, Any]:
+    """`token`'s log-probability under `scores` ([vocab], what it was chosen from) and the `count`
+    most likely tokens with theirs, each with its text and bytes."""
+    chosen, top = token_logprobs(scores, token, count)
+    return {
+        **token_entry(tokenizer, token, chosen),
+        "top": [token_entry(tokenizer, other, value) for other, value in top],
     }
 
 
@@ -224,6 +268,7 @@ def run_record(
     reason: FinishReason,
     timings: Timings,
     seed: int | None,
+    skip_special_tokens: bool = True,
     **fields: Any,
 ) -> GenerationResult:
     """The record of one run, as every path that generates (or scores a prompt) returns it;
@@ -234,7 +279,7 @@ def run_record(
         prompt=prompt if isinstance(prompt, str) else loaded.tokenizer.decode(prompt_ids),
         prompt_token_ids=prompt_ids,
         token_ids=list(new_ids),
-        text=loaded.tokenizer.decode(new_ids, skip_special_tokens=True),
+        text=loaded.tokenizer.decode(new_ids, skip_special_tokens=skip_special_tokens),
         finish_reason=reason,
         timings=timings,
         seed=seed,
@@ -272,6 +317,7 @@ def generate_text(
     hands its scores over at the end); `on_snapshot` hears each cache snapshot as it is taken."""
     engine = loaded.engine(mode)
     adapt_threads()  # between runs too: generate mode's loop is Hugging Face's
+    check_token_ids(loaded, options)
     prompt_ids = encode_prompt(loaded, prompt, options.max_new_tokens)
     input_ids = torch.tensor([prompt_ids], device=loaded.device)
     stopping = build_stopping_criteria(loaded, len(prompt_ids), options)
@@ -312,7 +358,9 @@ def generate_text(
         if on_logprob is not None:
             on_logprob(record)
 
-    text_streamer = TextCallbackStreamer(loaded.tokenizer, on_text) if on_text else None
+    text_streamer = (
+        TextCallbackStreamer(loaded.tokenizer, on_text, options.skip_special_tokens) if on_text else None
+    )
     timer = _PrefillTimer(engine.forward_module)
     streamer = _RecordingStreamer(time.perf_counter(), text_streamer, on_new_token)
     request = DecodeRequest(
@@ -344,7 +392,9 @@ def generate_text(
             reason = "interrupted"
         if reason is None:
             sequence = torch.tensor([prompt_ids + new_ids])
-            reason = finish_reason(sequence, new_ids, stopping_eos(loaded, options), stopping)
+            reason = finish_reason(
+                sequence, new_ids, stopping_eos(loaded, options), stopping, options.stop_token_ids
+            )
         timings = Timings.measured(timer.prefill_s, streamer.token_times_s, loaded.load_s)
         return run_record(
             loaded,
@@ -355,6 +405,7 @@ def generate_text(
             reason,
             timings,
             seed,
+            options.skip_special_tokens,
             cache_snapshots=snapshots,
             prompt_cache_tokens=reused,
             logprobs=None if logprobs is None else logprobs[: len(new_ids)],
@@ -382,6 +433,7 @@ def generate_batch(
     Greedy results equal `generate_text` on each prompt alone, in every mode; sampling draws
     from one random stream for the whole batch, so it differs from single runs with the seed."""
     engine = loaded.engine(mode)
+    check_token_ids(loaded, options)
     rows = [encode_prompt(loaded, prompt, options.max_new_tokens) for prompt in prompts]
     input_ids, attention_mask = left_pad(rows, pad_token_id(loaded.tokenizer), loaded.device)
     width = input_ids.shape[1]
@@ -414,7 +466,7 @@ def generate_batch(
         count = _finished_length(sequences[row : row + 1], width, stopping, request.pad_token_id)
         new_ids = sequences[row, width : width + count].tolist()
         sequence = torch.tensor([prompt_ids + new_ids])
-        reason = finish_reason(sequence, new_ids, request.eos_token_id, stopping)
+        reason = finish_reason(sequence, new_ids, request.eos_token_id, stopping, options.stop_token_ids)
         results.append(
             run_record(
                 loaded,
@@ -425,6 +477,7 @@ def generate_batch(
                 reason,
                 Timings.measured(None, [], loaded.load_s),
                 seed,
+                options.skip_special_tokens,
                 logprobs=None if top_logprobs is None else logprobs[row][:count],
             )
         )

@@ -64,7 +64,8 @@ class GenerationResult:
     weights: str
     cache_snapshots: list[CacheSnapshot] | None = None
     prompt_cache_tokens: int = 0  # prompt positions restored from a prompt cache, not prefilled
-    # With top_logprobs: per new token {"token", "text", "logprob", "top": [{"token", "text", "logprob"}]},
+    # With top_logprobs: per new token {"token", "text", "bytes", "logprob", "top": [the same, without
+    # "top"]},
     # log-probabilities under the processed scores the token was chosen from.
     logprobs: list[dict[str, Any]] | None = None
     # With a scored prompt (the server's `echo` with `logprobs`): per prompt token the same record,

@@ -1,10 +1,12 @@
 """Logits processing and token selection shared by every mode.
 
 The manual loops use Hugging Face's own logits processors, in the order `generate` builds them
-(repetition penalty, n-gram blocking, minimum length, suppressed tokens, then the sampling
-warpers: temperature, top-k, top-p, min-p, typical-p, epsilon and eta cutoffs), and pick the next token
-with the same calls `generate` makes (`softmax` + `multinomial`, or `argmax`). With the same seed,
-the random stream is consumed identically, so all modes produce the same tokens.
+(logit bias, repetition penalty, n-gram blocking, minimum length, suppressed tokens, then the
+processors `generate` takes from its caller (OpenAI's frequency and presence penalties, which it
+has none of), then the sampling warpers: temperature, top-k, top-p, min-p, typical-p, epsilon and
+eta cutoffs), and pick the next token with the same calls `generate` makes (`softmax` +
+`multinomial`, or `argmax`). With the same seed, the random stream is consumed identically, so all
+modes produce the same tokens.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import torch
 from transformers import (
     EpsilonLogitsWarper,
     EtaLogitsWarper,
+    LogitsProcessor,
     LogitsProcessorList,
     MinNewTokensLengthLogitsProcessor,
     MinPLogitsWarper,
     NoRepeatNGramLogitsProcessor,
     RepetitionPenaltyLogitsProcessor,
+    SequenceBiasLogitsProcessor,
     SuppressTokensLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
@@ -45,6 +49,45 @@ class NoRepeatNGramAfterPadding(NoRepeatNGramLogitsProcessor):
         return super().__call__(input_ids.masked_fill(padding, -1), scores)
 
 
+class FrequencyPresencePenalty(LogitsProcessor):
+    """OpenAI's frequency and presence penalties: from the logit of every token generated so far,
+    subtract count * frequency_penalty + (count > 0) * presence_penalty. The prompt's tokens (the
+    first `prompt_length` positions) do not count; negative penalties encourage repetition."""
+
+    def __init__(self, frequency_penalty: float, presence_penalty: float, prompt_length: int):
+        for name, value in (("frequency_penalty", frequency_penalty), ("presence_penalty", presence_penalty)):
+            if not -2 <= value <= 2:
+                raise ValueError(f"{name} must be in [-2, 2], got {value}")
+        if prompt_length < 0:
+            raise ValueError(f"prompt_length must be 0 or more, got {prompt_length}")
+        self.frequency_penalty, self.presence_penalty = frequency_penalty, presence_penalty
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        generated = input_ids[:, self.prompt_length :]  # [batch, new]
+        counts = torch.zeros_like(scores).scatter_add_(  # [batch, vocab]
+            1, generated, torch.ones_like(generated, dtype=scores.dtype)
+        )
+        present = (counts > 0).to(scores.dtype)
+        return scores - counts * self.frequency_penalty - present * self.presence_penalty
+
+
+def logit_bias_pairs(options: DecodingOptions) -> list[list[list[int] | float]] | None:
+    """`logit_bias` as Hugging Face's `sequence_bias` takes it: one-token sequences and their bias."""
+    return [[[token], bias] for token, bias in options.logit_bias.items()] or None
+
+
+def processors_generate_lacks(options: DecodingOptions, prompt_length: int) -> LogitsProcessorList:
+    """The processors `generate` cannot build from its own options; it runs them after its own and
+    before the sampling warpers, where `build_logits_processors` puts them too."""
+    processors = LogitsProcessorList()
+    if options.frequency_penalty or options.presence_penalty:
+        processors.append(
+            FrequencyPresencePenalty(options.frequency_penalty, options.presence_penalty, prompt_length)
+        )
+    return processors
+
+
 def build_logits_processors(
     options: DecodingOptions,
     prompt_length: int,
@@ -54,11 +97,14 @@ def build_logits_processors(
 ) -> LogitsProcessorList:
     """The processors `generate` builds for `options`, in its order.
 
-    `prompt_length`: prompt positions (padded width in a batch), which `min_new_tokens` skips;
-    `eos_token_id`: the token `min_new_tokens` holds back (None: nothing stops at EOS);
+    `prompt_length`: prompt positions (padded width in a batch), which `min_new_tokens` and the
+    frequency and presence penalties skip; `eos_token_id`: the end-of-text token that
+    `min_new_tokens` holds back with the `stop_token_ids` (None: nothing stops at EOS);
     `padding_lengths` ([batch]): left-padding tokens per row, which the repetition penalty and
     the n-gram rule must ignore."""
     processors = LogitsProcessorList()
+    if options.logit_bias:
+        processors.append(SequenceBiasLogitsProcessor(logit_bias_pairs(options)))
     if options.repetition_penalty != 1.0:
         processors.append(
             RepetitionPenaltyLogitsProcessor(
@@ -71,14 +117,14 @@ def build_logits_processors(
             if padding_lengths is None
             else NoRepeatNGramAfterPadding(options.no_repeat_ngram_size, padding_lengths)
         )
-    if options.min_new_tokens > 0 and eos_token_id is not None:
+    ending = end_token_ids(eos_token_id, options)
+    if options.min_new_tokens > 0 and ending:
         processors.append(
-            MinNewTokensLengthLogitsProcessor(
-                prompt_length, options.min_new_tokens, eos_token_id, device=device
-            )
+            MinNewTokensLengthLogitsProcessor(prompt_length, options.min_new_tokens, ending, device=device)
         )
     if options.suppress_tokens:
         processors.append(SuppressTokensLogitsProcessor(list(options.suppress_tokens), device=device))
+    processors.extend(processors_generate_lacks(options, prompt_length))
     if options.samples:
         if options.temperature != 1.0:
             processors.append(TemperatureLogitsWarper(float(options.temperature)))
@@ -97,9 +143,15 @@ def build_logits_processors(
     return processors
 
 
+def end_token_ids(eos_token_id: int | None, options: DecodingOptions) -> list[int]:
+    """The tokens that end a row: the end-of-text token (None with ignore_eos), then `stop_token_ids`."""
+    return list(dict.fromkeys([*([] if eos_token_id is None else [eos_token_id]), *options.stop_token_ids]))
+
+
 def generate_kwargs(options: DecodingOptions, build_processors: bool = True) -> dict[str, Any]:
-    """Arguments that make `model.generate` build exactly `build_logits_processors(options)`, or,
-    with `build_processors=False`, none at all (the caller passes its own list).
+    """Arguments that make `model.generate` build exactly `build_logits_processors(options)` (given
+    `processors_generate_lacks` as its `logits_processor`), or, with `build_processors=False`,
+    none at all (the caller passes its own list).
 
     Every value is explicit: a value left out would be filled from HF's global defaults
     (top_k=50), and the modes would drift apart.
@@ -110,6 +162,7 @@ def generate_kwargs(options: DecodingOptions, build_processors: bool = True) -> 
         "do_sample": options.samples,
         "min_new_tokens": (options.min_new_tokens or None) if build else None,
         "suppress_tokens": (list(options.suppress_tokens) or None) if build else None,
+        "sequence_bias": logit_bias_pairs(options) if build else None,
         "min_p": float(options.min_p) if samples and options.min_p > 0 else None,
         "typical_p": float(options.typical_p) if samples else 1.0,
         "epsilon_cutoff": float(options.epsilon_cutoff) if samples else 0.0,

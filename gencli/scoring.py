@@ -13,23 +13,18 @@ from typing import Any
 
 import torch
 
-from gencli.generation import encode_prompt, logprob_record, run_record
+from gencli.generation import encode_prompt, logprob_record, run_record, token_entry
 from gencli.loading import LoadedModel
 from gencli.results import GenerationResult, Timings
 
 
 def prompt_logprobs(loaded: LoadedModel, prompt_ids: list[int], count: int) -> list[dict[str, Any]]:
-    """Per prompt token, gencli's logprob record (token, text, logprob, the `count` most likely
-    tokens): one forward pass over the prompt. The first token, which nothing predicts, has
+    """Per prompt token, gencli's logprob record (token, text, bytes, logprob, the `count` most
+    likely tokens): one forward pass over the prompt. The first token, which nothing predicts, has
     logprob None and no alternatives."""
     with torch.inference_mode():
         logits = loaded.model(torch.tensor([prompt_ids], device=loaded.device)).logits[0]  # [tokens, vocab]
-    first = {
-        "token": prompt_ids[0],
-        "text": loaded.tokenizer.decode(prompt_ids[:1]),
-        "logprob": None,
-        "top": [],
-    }
+    first = {**token_entry(loaded.tokenizer, prompt_ids[0], None), "top": []}
     # The token at position i is predicted by the logits at position i - 1.
     return [first] + [
         logprob_record(loaded.tokenizer, logits[position - 1], prompt_ids[position], count)

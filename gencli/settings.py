@@ -49,7 +49,8 @@ SMALLEST_DIVISOR = 1e-6
 
 
 class DecodingOptions(BaseModel):
-    """How the next token is chosen and when generation stops; identical for every mode."""
+    """How the next token is chosen, when generation stops and how its text is written; identical
+    for every mode."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
@@ -115,6 +116,28 @@ class DecodingOptions(BaseModel):
         "Never repeat a sequence of this many tokens; 0 is off.",
         ge=0,
     )
+    frequency_penalty: float = _setting(
+        0.0,
+        "must be a number in [-2, 2]; 0 turns it off",
+        "Subtract this times the number of times a token was generated so far from its logit "
+        "(OpenAI's frequency_penalty; the prompt does not count); 0 is off.",
+        ge=-2,
+        le=2,
+    )
+    presence_penalty: float = _setting(
+        0.0,
+        "must be a number in [-2, 2]; 0 turns it off",
+        "Subtract this from the logit of every token generated so far (OpenAI's presence_penalty; "
+        "the prompt does not count); 0 is off.",
+        ge=-2,
+        le=2,
+    )
+    logit_bias: dict[int, float] = _setting(
+        {},
+        'must be a map of token ids to numbers in [-100, 100], e.g. {"50256": -100}',
+        "Add a number to token ids' logits before any other processing (OpenAI's logit_bias); "
+        "-100 all but bans a token.",
+    )
     suppress_tokens: tuple[int, ...] = _setting(
         (), "must be a list of token ids (integers in [0, 2**63))", "Token ids never to generate."
     )
@@ -130,7 +153,18 @@ class DecodingOptions(BaseModel):
         "must be a string or a list of non-empty strings",
         "Stop once the text ends with this string; it is kept in the output.",
     )
+    stop_token_ids: tuple[int, ...] = _setting(
+        (),
+        "must be a list of token ids (integers in [0, 2**63))",
+        "Stop once one of these token ids is generated; it is kept in the output.",
+    )
     ignore_eos: bool = _setting(False, "must be true or false", "Keep generating past the end-of-text token.")
+    skip_special_tokens: bool = _setting(
+        True,
+        "must be true or false",
+        "Leave special tokens (<|endoftext|>) out of the text; false writes them (the token ids are "
+        "the same either way).",
+    )
 
     @field_validator("temperature")
     @classmethod
@@ -150,7 +184,7 @@ class DecodingOptions(BaseModel):
             return tuple(value)
         return value
 
-    @field_validator("suppress_tokens", mode="before")
+    @field_validator("suppress_tokens", "stop_token_ids", mode="before")
     @classmethod
     def _token_ids(cls, value: Any) -> Any:
         if isinstance(value, str):  # from text: "13, 198"
@@ -159,18 +193,44 @@ class DecodingOptions(BaseModel):
             except ValueError:
                 raise ValueError("token ids must be integers") from None
         if isinstance(value, list | tuple):
-            # torch holds ids as int64: a larger one would fail in every mode, past validation.
-            if not all(
-                isinstance(item, int) and not isinstance(item, bool) and 0 <= item < 2**63 for item in value
-            ):
+            if not all(_is_token_id(item) for item in value):
                 raise ValueError("token ids must be integers in [0, 2**63)")
             return tuple(value)
         return value
+
+    @field_validator("logit_bias", mode="before")
+    @classmethod
+    def _biases(cls, value: Any) -> Any:
+        """Token ids (JSON and TOML keys are strings) to numbers in [-100, 100], as OpenAI takes them."""
+        if isinstance(value, str):  # from text: '{"50256": -100}'
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ValueError("logit_bias must be a JSON object") from None
+        if not isinstance(value, dict):
+            raise ValueError("logit_bias must be a map of token ids to numbers")
+        biases = {}
+        for key, bias in value.items():
+            token = int(key) if isinstance(key, str) and key.strip().isdigit() else key
+            if not _is_token_id(token):
+                raise ValueError(f"logit_bias key {key!r} is not a token id")
+            if isinstance(bias, bool) or not isinstance(bias, int | float) or not -100 <= bias <= 100:
+                raise ValueError(f"logit_bias value {bias!r} is not a number in [-100, 100]")
+            biases[token] = float(bias)
+        return biases
+
+    def __hash__(self) -> int:  # options are grouped by (batch): logit_bias is a dict, so hash the values
+        return hash(self.model_dump_json())
 
     @property
     def samples(self) -> bool:
         """Temperature 0 means greedy decoding, even with `sample`."""
         return self.sample and self.temperature > 0
+
+
+def _is_token_id(item: Any) -> bool:
+    # torch holds ids as int64: a larger one would fail in every mode, past validation.
+    return isinstance(item, int) and not isinstance(item, bool) and 0 <= item < 2**63
 
 
 class Settings(DecodingOptions):
@@ -183,11 +243,12 @@ class Settings(DecodingOptions):
         min_length=1,
     )
     mode: Mode = _setting(
-        "generate",
+        "kv-cache",
         f"must be one of {', '.join(MODES)}",
-        "generate: Hugging Face model.generate. greedy: hand-written loop that re-runs the whole "
-        "sequence every step (no cache). kv-cache: hand-written loop that feeds one token plus the "
-        "cache. scratch: the from-scratch GPT-2 (gencli.scratch) with its own preallocated cache.",
+        "kv-cache (the default: the fastest, and it batches in serve): hand-written loop that feeds "
+        "one token plus the cache. generate: Hugging Face model.generate. greedy: hand-written loop "
+        "that re-runs the whole sequence every step (no cache). scratch: the from-scratch GPT-2 "
+        "(gencli.scratch) with its own preallocated cache.",
     )
     device: Device = _setting("auto", f"must be one of {', '.join(get_args(Device))}", "Where to run.")
     dtype: Dtype = _setting(

@@ -133,3 +133,39 @@ def pieces(tokenizer: Any, ids: list[int]) -> list[TokenPiece]:
 def detokenize(tokenizer: Any, ids: list[int]) -> str:
     """The text of `ids`; GencliError-free: the caller checks the ids against the vocabulary."""
     return tokenizer.decode(ids)
+
+
+class TokenText:
+    """Streamed text, a token at a time: `add(id)` returns the text that token completes, "" while
+    its bytes end inside a character (held back until the character is whole), and `rest()` what
+    is still held when the run ends. Their concatenation is the tokenizer's decode of all the ids.
+
+    Each call decodes a short window (the tokens since the last text given out, after the ones
+    before them), as vLLM's incremental detokenizer does, so a long run costs no more per token
+    than a short one."""
+
+    def __init__(self, tokenizer: Any, skip_special_tokens: bool = True):
+        self.tokenizer = tokenizer
+        self.skip_special_tokens = skip_special_tokens
+        self.ids: list[int] = []
+        self.window_start = 0  # where the decoded window starts
+        self.shown_until = 0  # the ids before this have had their text given out
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
+
+    def add(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        shown = self._decode(self.ids[self.window_start : self.shown_until])
+        text = self._decode(self.ids[self.window_start :])
+        if text.endswith("\ufffd") or len(text) <= len(shown):
+            return ""  # a character not yet whole, or a token with no text (skipped special)
+        self.window_start, self.shown_until = self.shown_until, len(self.ids)
+        return text[len(shown) :]
+
+    def rest(self) -> str:
+        """What has not been given out yet, whole or not (a run may end inside a character)."""
+        shown = self._decode(self.ids[self.window_start : self.shown_until])
+        text = self._decode(self.ids[self.window_start :])
+        self.window_start = self.shown_until = len(self.ids)
+        return text[len(shown) :]

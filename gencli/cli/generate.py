@@ -127,7 +127,13 @@ def generate(
     settings = resolved.settings
     cache_file = PromptCacheFile(prompt_cache, prompt_cache_ro) if prompt_cache else None
     coloured = show_probs and not as_json
-    writer = None if as_json else ProbabilityWriter(loaded.tokenizer) if coloured else TextWriter()
+    writer = (
+        None
+        if as_json
+        else ProbabilityWriter(loaded.tokenizer, settings.skip_special_tokens)
+        if coloured
+        else TextWriter()
+    )
     exit_code = 0
     try:
         result = generate_text(

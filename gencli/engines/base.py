@@ -12,7 +12,7 @@ from transformers import LogitsProcessorList, PreTrainedModel, PreTrainedTokeniz
 from transformers.generation.streamers import BaseStreamer
 
 from gencli.padding import pad_token_id, padding_lengths, position_ids
-from gencli.sampling import build_logits_processors, select_next_token
+from gencli.sampling import build_logits_processors, end_token_ids, select_next_token
 from gencli.settings import DecodingOptions
 from gencli.threads import adapt_threads
 
@@ -51,6 +51,11 @@ class DecodeRequest:
             padding_lengths=self.padding_lengths,
             device=self.input_ids.device,
         )
+
+    @property
+    def end_token_ids(self) -> list[int]:
+        """The tokens that end a row: end-of-text (unless ignored), then the stop token ids."""
+        return end_token_ids(self.eos_token_id, self.options)
 
     @property
     def pad_token_id(self) -> int:

@@ -7,7 +7,7 @@ from transformers import GenerationConfig
 from transformers.cache_utils import DynamicCache
 
 from gencli.engines.base import DecodeRequest, Engine
-from gencli.sampling import generate_kwargs
+from gencli.sampling import generate_kwargs, processors_generate_lacks
 from gencli.transformers_compat import cache_argument
 
 
@@ -37,7 +37,13 @@ class HFGenerateEngine(Engine):
         input_ids, attention_mask = request.input_ids, request.attention_mask
         # generate's own processors would count left padding as text (its repetition penalty
         # would hold EOS back in padded rows only): a padded batch gets gencli's, which skip it.
-        processors = None if attention_mask is None else request.logits_processors()
+        # Otherwise generate builds its own, and takes the few it has no option for from gencli.
+        padded = attention_mask is not None
+        processors = (
+            request.logits_processors()
+            if padded
+            else processors_generate_lacks(request.options, input_ids.shape[1])
+        )
         with torch.inference_mode():
             output = self.model.generate(
                 input_ids,
@@ -47,13 +53,13 @@ class HFGenerateEngine(Engine):
                 # Ours replace generate's own criteria of the same types, so every mode stops alike.
                 stopping_criteria=request.stopping,
                 # None (with --ignore-eos) overrides the checkpoint's own EOS, so generate goes on too.
-                eos_token_id=request.eos_token_id,
+                eos_token_id=request.end_token_ids or None,
                 pad_token_id=request.pad_token_id,
                 logits_processor=processors,
                 # generate keeps each step's processed scores, the ones it chose from, when asked.
                 output_scores=wants_scores,
                 return_dict_in_generate=wants_scores,
-                **generate_kwargs(request.options, build_processors=processors is None),
+                **generate_kwargs(request.options, build_processors=not padded),
             )
         sequences = output.sequences if wants_scores else output
         if wants_scores:

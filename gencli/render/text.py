@@ -57,26 +57,29 @@ class ProbabilityWriter(TextWriter):
     may hold part of a character: bytes wait until the character is whole, and take the colour of
     the token that completes it. Off a terminal, plain text."""
 
-    def __init__(self, tokenizer: Any) -> None:
-        import codecs
+    def __init__(self, tokenizer: Any, skip_special_tokens: bool = True) -> None:
+        from gencli.tokens import TokenText
 
         super().__init__()
-        self.tokenizer = tokenizer
-        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.text = TokenText(tokenizer, skip_special_tokens)
         self.console = Console(highlight=False)
 
     def token(self, record: dict[str, Any]) -> None:
         import math
 
+        self.coloured(self.text.add(record["token"]), probability_style(math.exp(record["logprob"])))
+
+    def coloured(self, text: str, style: str) -> None:
         from rich.text import Text
 
-        from gencli.tokens import token_bytes
-
-        text = self.decoder.decode(token_bytes(self.tokenizer, record["token"]))
         if text:
-            self.console.print(Text(text, style=probability_style(math.exp(record["logprob"]))), end="")
+            self.console.print(Text(text, style=style), end="")
             self.console.file.flush()
             self.last_char = text[-1]
+
+    def finish(self) -> None:
+        self.coloured(self.text.rest(), "red")  # bytes that never made a character
+        super().finish()
 
 
 def probability_style(probability: float) -> str:

@@ -41,7 +41,7 @@ def test_streams_text_to_stdout_and_timings_to_stderr(tiny_model_dir):
 def test_the_stats_line_counts_in_words_and_names_int8_weights(tiny_model_dir):
     result = gencli("Hi", "--model", tiny_model_dir, "-n", 1, "--quantize", "int8")
     assert result.exit_code == 0, result.output
-    assert "generate · 1 prompt token · 1 new token (length) · " in result.stderr
+    assert "kv-cache · 1 prompt token · 1 new token (length) · " in result.stderr
     assert result.stderr.endswith(" · cpu float32+int8\n")
 
 
@@ -365,7 +365,7 @@ def test_top_logprobs_in_json_and_as_a_table(tiny_model_dir):
         gencli("Hello world", "--model", tiny_model_dir, "-n", 3, "--top-logprobs", 2, "--json", "-q").stdout
     )
     assert len(data["logprobs"]) == 3 and all(len(step["top"]) == 2 for step in data["logprobs"])
-    assert {"token", "text", "logprob", "top"} == set(data["logprobs"][0])
+    assert {"token", "text", "bytes", "logprob", "top"} == set(data["logprobs"][0])
     table = gencli("Hello world", "--model", tiny_model_dir, "-n", 3, "--top-logprobs", 2)
     assert table.exit_code == 0 and "Next-token probabilities" in table.stderr
     assert "logprobs" not in json.loads(
