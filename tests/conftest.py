@@ -8,10 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -123,35 +124,49 @@ def free_port() -> int:
 @dataclass
 class Server:
     url: str
-    api_key: str
+    api_key: str | None
     process: subprocess.Popen
+    # What it wrote on stderr, line by line, read as it comes (an unread pipe would fill and stall it).
+    log: list[str] = field(default_factory=list)
 
     def get(self, path: str) -> dict:
-        request = urllib.request.Request(self.url + path, headers={"Authorization": f"Bearer {self.api_key}"})
+        request = urllib.request.Request(self.url + path, headers=self.headers)
         with urllib.request.urlopen(request, timeout=60) as response:
             return json.loads(response.read())
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
-def launch_server(model_dir: Path, home: Path, *args: str, api_key: str = "secret") -> Server:
+    def stderr(self) -> str:
+        return "".join(self.log)
+
+
+def launch_server(model: Path | str, home: Path, *args: str, api_key: str | None = "secret") -> Server:
     """Start `gencli serve` without waiting for it: servers launched together start side by side."""
     port = free_port()
     env = {**os.environ, "XDG_DATA_HOME": str(home / "data"), "XDG_CONFIG_HOME": str(home / "config")}
-    command = [sys.executable, "-m", "gencli", "serve", "--model", str(model_dir), "--port", str(port)]
+    command = [sys.executable, "-m", "gencli", "serve", "--model", str(model), "--port", str(port)]
     process = subprocess.Popen(
-        [*command, "--api-key", api_key, *args],
+        [*command, *(["--api-key", api_key] if api_key else []), *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
+        text=True,
     )
-    return Server(f"http://127.0.0.1:{port}", api_key, process)
+    server = Server(f"http://127.0.0.1:{port}", api_key, process)
+    threading.Thread(target=lambda: server.log.extend(process.stderr), daemon=True).start()
+    return server
 
 
 def wait_until_ready(server: Server) -> Server:
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            raise RuntimeError(f"gencli serve exited: {server.process.stderr.read().decode()}")
+            server.process.wait()
+            time.sleep(0.2)  # the reader thread takes the last lines
+            raise RuntimeError(f"gencli serve exited: {server.stderr()}")
         try:
             with urllib.request.urlopen(server.url + "/health", timeout=1):
                 return server
@@ -173,9 +188,10 @@ def stop_server(server: Server) -> int:
 @pytest.fixture(scope="session")
 def servers(
     tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Server, Server]]:
-    """The session's two `gencli serve`s of the tiny model, started side by side (each spends
-    seconds importing): `served`, and a spare one that a test may stop."""
+) -> Iterator[tuple[Server, Server, Server]]:
+    """The session's `gencli serve`s, started side by side (each spends seconds importing): two of
+    the tiny model, `served` and a spare one that a test may stop, and the demo model's with no
+    flags at all, as a new user starts it."""
     main = launch_server(
         tiny_model_dir,
         tmp_path_factory.mktemp("serve-home"),
@@ -191,20 +207,27 @@ def servers(
         "gpt2",
     )
     spare = launch_server(tiny_model_dir, tmp_path_factory.mktemp("spare-home"), "--mode", "kv-cache")
-    yield wait_until_ready(main), wait_until_ready(spare)
-    for server in (main, spare):
+    plain = launch_server("demo", tmp_path_factory.mktemp("demo-home"), api_key=None)
+    yield wait_until_ready(main), wait_until_ready(spare), wait_until_ready(plain)
+    for server in (main, spare, plain):
         if server.process.poll() is None:
             stop_server(server)
 
 
 @pytest.fixture(scope="session")
-def served(servers: tuple[Server, Server]) -> Server:
-    """One `gencli serve` of the tiny model for the session: kv-cache, greedy, 8 new tokens by
-    default, an API key, a queue of 8, and 'gpt2' as a second name for the model."""
+def served(servers: tuple[Server, Server, Server]) -> Server:
+    """One `gencli serve` of the tiny model for the session: kv-cache, 8 new tokens by default, an
+    API key, a queue of 8, and 'gpt2' as a second name for the model."""
     return servers[0]
 
 
 @pytest.fixture(scope="session")
-def spare_server(servers: tuple[Server, Server]) -> Server:
+def spare_server(servers: tuple[Server, Server, Server]) -> Server:
     """A second `gencli serve` of the tiny model (kv-cache), for a test that stops it."""
     return servers[1]
+
+
+@pytest.fixture(scope="session")
+def demo_server(servers: tuple[Server, Server, Server]) -> Server:
+    """`gencli serve -m demo` with no other flag (and no API key): every default as shipped."""
+    return servers[2]

@@ -10,16 +10,22 @@ import pytest
 
 from gencli.generation import generate_text
 from gencli.server.worker import PrefixPool
-from gencli.settings import resolve
+from gencli.settings import DecodingOptions, resolve
+from gencli.stop_strings import without_stop
+from gencli.tokens import token_bytes
 from tests.conftest import stop_server
 
 openai = pytest.importorskip("openai")
 
+# The `served` fixture gives the server -n 8 and nothing else. gencli's own route takes the CLI's
+# settings; OpenAI's take OpenAI's defaults for the rest: sampling at temperature 1, no penalties.
 SERVER_DEFAULTS = resolve().settings.decoding.model_copy(update={"max_new_tokens": 8})
+GREEDY = DecodingOptions(max_new_tokens=8)  # temperature 0 on OpenAI's routes: the argmax, nothing else
 
 
 def local(tiny, prompt, **changes):
-    return generate_text(tiny, prompt, "kv-cache", SERVER_DEFAULTS.model_copy(update=changes))
+    """What an OpenAI route gives for `prompt`, greedy unless `changes` say otherwise."""
+    return generate_text(tiny, prompt, "kv-cache", GREEDY.model_copy(update=changes))
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +38,9 @@ def headers(served, key=None):
 
 
 def test_completions_with_the_openai_client_equal_local_generate(tiny, client):
-    completion = client.completions.create(model=tiny.name, prompt="It is a truth universally", max_tokens=8)
+    completion = client.completions.create(
+        model=tiny.name, prompt="It is a truth universally", max_tokens=8, temperature=0
+    )
     expected = local(tiny, "It is a truth universally")
     choice = completion.choices[0]
     assert choice.text == expected.text and choice.finish_reason == "length"
@@ -60,14 +68,14 @@ def test_streamed_completion_ends_with_done_and_usage(tiny, client):
 
 def test_token_id_prompts(tiny, client):
     ids = tiny.tokenizer.encode("Hello world")
-    completion = client.completions.create(model=tiny.name, prompt=ids, max_tokens=4)
+    completion = client.completions.create(model=tiny.name, prompt=ids, max_tokens=4, temperature=0)
     assert completion.choices[0].text == local(tiny, ids, max_new_tokens=4).text
 
 
 def test_prefix_reuse_is_reported_and_changes_nothing(tiny, client):
     context = "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
-    first = client.completions.create(model=tiny.name, prompt=context + "must be", max_tokens=8)
-    second = client.completions.create(model=tiny.name, prompt=context + "may be", max_tokens=8)
+    first = client.completions.create(model=tiny.name, prompt=context + "must be", temperature=0)
+    second = client.completions.create(model=tiny.name, prompt=context + "may be", temperature=0)
     shared = len(tiny.tokenizer.encode(context.rstrip()))
     assert second.usage.prompt_tokens_details.cached_tokens >= shared - 1
     assert second.choices[0].text == local(tiny, context + "may be").text
@@ -164,7 +172,7 @@ def test_eight_concurrent_clients_lose_nothing_and_mix_nothing(tiny, served):
         response = httpx.post(
             served.url + "/v1/completions",
             headers=headers(served),
-            json={"prompt": prompt, "max_tokens": 6},
+            json={"prompt": prompt, "max_tokens": 6, "temperature": 0},
             timeout=120,
         )
         return response.status_code, response.json()
@@ -238,7 +246,8 @@ def test_prefix_pool_takes_the_longest_shared_prefix_then_the_least_recent():
 def test_sigterm_stops_the_server_cleanly(tiny_model_dir, spare_server):
     server = spare_server
     assert stop_server(server) == 0
-    stderr = server.process.stderr.read().decode()
+    time.sleep(0.2)  # the reader thread takes the last lines
+    stderr = server.stderr()
     assert f"serving {tiny_model_dir} (kv-cache) at {server.url}/v1" in stderr and "Traceback" not in stderr
 
 
@@ -350,13 +359,11 @@ def test_a_model_named_with_server_must_be_the_served_one(served, tiny_model_dir
 
 
 def test_completion_logprobs_match_local_generate(tiny, client):
-    completion = client.completions.create(model=tiny.name, prompt="Hello world", max_tokens=5, logprobs=2)
+    completion = client.completions.create(
+        model=tiny.name, prompt="Hello world", max_tokens=5, logprobs=2, temperature=0
+    )
     expected = generate_text(
-        tiny,
-        "Hello world",
-        "kv-cache",
-        SERVER_DEFAULTS.model_copy(update={"max_new_tokens": 5}),
-        top_logprobs=2,
+        tiny, "Hello world", "kv-cache", GREEDY.model_copy(update={"max_new_tokens": 5}), top_logprobs=2
     )
     logprobs = completion.choices[0].logprobs
     assert logprobs.token_logprobs == pytest.approx([step["logprob"] for step in expected.logprobs], abs=1e-4)
@@ -375,14 +382,16 @@ def chat_document(*turns):
 
 def test_chat_completions_plain_and_streamed_equal_local_generate(tiny, client):
     messages = [{"role": "user", "content": "Good morning."}]
-    reply = client.chat.completions.create(model=tiny.name, messages=messages, max_tokens=8)
+    reply = client.chat.completions.create(model=tiny.name, messages=messages, max_tokens=8, temperature=0)
     expected = local(tiny, chat_document("Good morning."), stop=("\nUser:",))
     choice = reply.choices[0]
     assert choice.message.role == "assistant" and reply.object == "chat.completion"
     assert choice.message.content == expected.text.removesuffix("\nUser:")
     assert reply.usage.prompt_tokens == len(expected.prompt_token_ids)
     chunks = list(
-        client.chat.completions.create(model=tiny.name, messages=messages, max_tokens=8, stream=True)
+        client.chat.completions.create(
+            model=tiny.name, messages=messages, max_tokens=8, stream=True, temperature=0
+        )
     )
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks) == choice.message.content
@@ -397,7 +406,7 @@ def test_a_chat_turn_with_history_and_a_system_message_is_the_chat_document(tiny
         {"role": "user", "content": [{"type": "text", "text": "Go on."}]},
     ]
     reply = client.chat.completions.create(
-        model=tiny.name, messages=messages, max_tokens=6, logprobs=True, top_logprobs=2
+        model=tiny.name, messages=messages, max_tokens=6, logprobs=True, top_logprobs=2, temperature=0
     )
     expected = local(
         tiny,
@@ -408,20 +417,23 @@ def test_a_chat_turn_with_history_and_a_system_message_is_the_chat_document(tiny
     assert reply.choices[0].message.content == expected.text
     content = reply.choices[0].logprobs.content
     assert [entry.token for entry in content] == [tiny.tokenizer.decode([t]) for t in expected.token_ids]
-    assert all(
-        len(entry.top_logprobs) == 2 and entry.bytes == list(entry.token.encode()) for entry in content
-    )
+    assert [entry.bytes for entry in content] == [
+        list(token_bytes(tiny.tokenizer, t)) for t in expected.token_ids
+    ]
+    assert all(len(entry.top_logprobs) == 2 for entry in content)
 
 
 def test_a_stop_string_is_left_out_of_the_text_streamed_or_not(tiny, client):
     plain = local(tiny, "It is a truth universally", max_new_tokens=8)
     stop = plain.text[3:5]  # two characters the model does write
-    completion = client.completions.create(model=tiny.name, prompt="It is a truth universally", stop=[stop])
+    completion = client.completions.create(
+        model=tiny.name, prompt="It is a truth universally", stop=[stop], temperature=0
+    )
     text = completion.choices[0].text
     assert completion.choices[0].finish_reason == "stop"
     assert stop not in text and plain.text.startswith(text)
     streamed = client.completions.create(
-        model=tiny.name, prompt="It is a truth universally", stop=[stop], stream=True
+        model=tiny.name, prompt="It is a truth universally", stop=[stop], stream=True, temperature=0
     )
     assert "".join(chunk.choices[0].text for chunk in streamed) == text
 
@@ -463,25 +475,27 @@ def test_max_tokens_zero_with_echo_scores_the_prompt_alone(tiny, client):
 
 
 def test_n_and_a_list_of_prompts_give_one_choice_each_in_index_order(tiny, client):
+    """Greedy choices repeat; without a temperature, OpenAI's default samples (at 1), choice j with
+    the seed + j."""
     prompts = ["It is a truth", "Call me Ishmael."]
-    completion = client.completions.create(model=tiny.name, prompt=prompts, n=2, max_tokens=4)
+    completion = client.completions.create(model=tiny.name, prompt=prompts, n=2, max_tokens=4, temperature=0)
     assert [choice.index for choice in completion.choices] == [0, 1, 2, 3]
     texts = [choice.text for choice in completion.choices]
     assert texts == [local(tiny, prompt, max_new_tokens=4).text for prompt in prompts for _ in range(2)]
     assert completion.usage.completion_tokens == 16
-    sampled = client.completions.create(
-        model=tiny.name, prompt="Hello", n=2, max_tokens=6, temperature=1, seed=5
-    )
+    sampled = client.completions.create(model=tiny.name, prompt="Hello", n=2, max_tokens=6, seed=5)
     first, second = (choice.text for choice in sampled.choices)
     assert first == local(tiny, "Hello", max_new_tokens=6, sample=True, temperature=1.0, seed=5).text
     assert second == local(tiny, "Hello", max_new_tokens=6, sample=True, temperature=1.0, seed=6).text
 
 
 def test_logprobs_with_stream_equal_the_plain_ones(tiny, client):
-    plain = client.completions.create(model=tiny.name, prompt="Hello world", max_tokens=5, logprobs=2)
+    plain = client.completions.create(
+        model=tiny.name, prompt="Hello world", max_tokens=5, logprobs=2, temperature=0
+    )
     chunks = list(
         client.completions.create(
-            model=tiny.name, prompt="Hello world", max_tokens=5, logprobs=2, stream=True
+            model=tiny.name, prompt="Hello world", max_tokens=5, logprobs=2, stream=True, temperature=0
         )
     )
     streamed = [chunk.choices[0].logprobs for chunk in chunks if chunk.choices and chunk.choices[0].logprobs]
@@ -518,3 +532,260 @@ def test_unknown_routes_and_methods_are_openai_error_objects(served, method, pat
     assert response.status_code == status
     error = response.json()["error"]
     assert fragment in error["message"] and {"message", "type", "param", "code"} <= set(error)
+
+
+# --- OpenAI's defaults, every sampling field, the Responses API, a chunk per token --------------
+
+
+def test_temperature_zero_alone_is_generate_with_no_penalties(tiny, tiny_model_dir, served):
+    from typer.testing import CliRunner
+
+    from gencli.cli import app
+
+    body = {"prompt": "It is a truth universally acknowledged", "temperature": 0}
+    answer = httpx.post(served.url + "/v1/completions", json=body, headers=headers(served), timeout=60).json()
+    argv = ["generate", body["prompt"], "-m", str(tiny_model_dir), "-n", "8", "--json", "--no-log"]
+    plain = CliRunner().invoke(app, [*argv, "--repetition-penalty", "1", "--no-repeat-ngram-size", "0"])
+    preset = CliRunner().invoke(app, argv)
+    assert answer["choices"][0]["text"] == json.loads(plain.stdout)["text"]
+    assert answer["choices"][0]["text"] != json.loads(preset.stdout)["text"]  # the CLI's preset differs
+
+
+def test_without_a_temperature_openai_routes_sample_and_the_cli_preset_stays_with_generate(tiny, client):
+    first, second = client.completions.create(model=tiny.name, prompt="Hello", n=2, max_tokens=8).choices
+    assert first.text != second.text  # OpenAI's default: temperature 1, each choice its own seed
+    seeded = client.completions.create(model=tiny.name, prompt="Hello", max_tokens=8, seed=9)
+    assert seeded.choices[0].text == local(tiny, "Hello", sample=True, seed=9).text
+
+
+def test_every_sampling_field_equals_its_definition_in_a_server_batch(tiny, served):
+    """Requests that each set one field, sent at once so that they decode together, each against
+    the plain definition of its field (tests.test_sampling.reference_run)."""
+    import torch
+
+    from tests.test_sampling import (
+        PROMPT,
+        biased,
+        min_p_only,
+        penalised,
+        reference_run,
+        top_k_only,
+        unchanged,
+    )
+
+    free = reference_run(tiny, PROMPT, 12, unchanged)
+    stop = next(token for token in free[3:] if token not in free[:3])
+
+    def never_stop(logits, generated):  # min_tokens 12 holds the stop token back for all 12
+        return logits.index_fill(0, torch.tensor([stop]), -float("inf"))
+
+    cases = [  # (fields, the field's own formula, seed, tokens that end the run)
+        ({"frequency_penalty": 1.5}, penalised(1.5, 0), None, ()),
+        ({"presence_penalty": 2.0}, penalised(0, 2.0), None, ()),
+        ({"frequency_penalty": -0.8, "presence_penalty": 0.6}, penalised(-0.8, 0.6), None, ()),
+        ({"logit_bias": {"13": 8, "11": -100}}, biased({13: 8.0, 11: -100.0}), None, ()),
+        ({"top_k": 3}, top_k_only(3), 11, ()),
+        ({"min_p": 0.2}, min_p_only(0.2), 12, ()),
+        ({"stop_token_ids": [stop]}, unchanged, None, (stop,)),
+        ({"min_tokens": 12, "stop_token_ids": [stop]}, never_stop, None, ()),
+    ]
+
+    def ask(fields, seed):
+        body = {"prompt": PROMPT, "max_tokens": 12, "temperature": 0 if seed is None else 1, **fields}
+        body |= {} if seed is None else {"seed": seed}
+        return httpx.post(served.url + "/v1/completions", json=body, headers=headers(served), timeout=60)
+
+    with ThreadPoolExecutor(max_workers=len(cases)) as pool:  # decoded together, a row each
+        answers = list(pool.map(lambda case: ask(case[0], case[2]), cases))
+    for (fields, transform, seed, end), answer in zip(cases, answers, strict=True):
+        expected = reference_run(tiny, PROMPT, 12, transform, seed, end)
+        choice = answer.json()["choices"][0]
+        assert choice["text"] == tiny.tokenizer.decode(expected), fields
+        assert choice["finish_reason"] == ("stop" if end else "length"), fields
+
+
+def test_responses_plain_and_streamed_give_the_chat_reply(tiny, client):
+    reply = client.responses.create(
+        model=tiny.name, input="Good morning.", instructions="A letter.", max_output_tokens=8, temperature=0
+    )
+    expected = local(tiny, "A letter." + chat_document("Good morning."), stop=("\nUser:",))
+    assert reply.output_text == expected.text.removesuffix("\nUser:") and reply.object == "response"
+    assert reply.status == ("incomplete" if expected.finish_reason == "length" else "completed")
+    assert reply.usage.input_tokens == len(expected.prompt_token_ids) and reply.usage.output_tokens == 8
+    events = list(
+        client.responses.create(
+            model=tiny.name,
+            input=[
+                {"role": "developer", "content": "A letter."},
+                {"role": "user", "content": "Good morning."},
+            ],
+            max_output_tokens=8,
+            temperature=0,
+            stream=True,
+        )
+    )
+    kinds = [event.type for event in events]
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert kinds[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    deltas = [event.delta for event in events if event.type == "response.output_text.delta"]
+    assert "".join(deltas) == reply.output_text == events[-1].response.output_text
+    assert len(deltas) >= 6  # a delta per token, not per word
+    with client.responses.stream(model=tiny.name, input="Good morning.", max_output_tokens=4) as stream:
+        assert len(stream.get_final_response().output_text) > 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "fragment", "param"),
+    [
+        ({"store": True}, "this server keeps no responses", "store"),
+        (
+            {"previous_response_id": "resp_1"},
+            "send the conversation so far as 'input'",
+            "previous_response_id",
+        ),
+        ({"tools": [{"type": "function", "name": "f"}]}, "do not call tools", "tools"),
+        ({"input": [{"type": "function_call"}]}, "input[0] must be a message", "input[0]"),
+        ({"max_output_tokens": 5000}, "use max_output_tokens", "max_output_tokens"),
+    ],
+)
+def test_the_responses_api_refuses_what_a_stateless_server_cannot_do(served, fields, fragment, param):
+    body = {"input": "Hi", **fields}
+    answer = httpx.post(served.url + "/v1/responses", json=body, headers=headers(served), timeout=60)
+    assert answer.status_code == 400
+    assert fragment in answer.json()["error"]["message"] and answer.json()["error"]["param"] == param
+
+
+def test_a_model_is_retrieved_by_name(tiny, client):
+    assert client.models.retrieve("gpt2").id == "gpt2"
+    assert client.models.retrieve(tiny.name).created > 1_600_000_000  # the checkpoint's time, not 0
+    with pytest.raises(openai.NotFoundError, match="this server runs"):
+        client.models.retrieve("gpt-4")
+
+
+def test_the_developer_role_is_the_system_role(tiny, client):
+    def reply(role):
+        messages = [{"role": role, "content": "A letter."}, {"role": "user", "content": "Dear Sir,"}]
+        return client.chat.completions.create(model=tiny.name, messages=messages, temperature=0)
+
+    assert reply("developer").choices[0].message.content == reply("system").choices[0].message.content
+
+
+def test_streamed_chunks_are_one_token_each_with_its_own_logprobs(tiny, client):
+    expected = local(tiny, "It is a truth", max_new_tokens=12, top_logprobs=1)
+    chunks = list(
+        client.completions.create(
+            model=tiny.name, prompt="It is a truth", max_tokens=12, temperature=0, logprobs=1, stream=True
+        )
+    )
+    texts = [chunk.choices[0].text for chunk in chunks if chunk.choices and chunk.choices[0].text]
+    assert texts == [tiny.tokenizer.decode([token]) for token in expected.token_ids]
+    choices = [chunk.choices[0] for chunk in chunks if chunk.choices]
+    assert [choice.logprobs.tokens for choice in choices if choice.text] == [[text] for text in texts]
+    offsets = [offset for choice in choices for offset in choice.logprobs.text_offset]
+    assert offsets == [len("".join(texts[:index])) for index in range(len(texts))]
+    chat = list(
+        client.chat.completions.create(
+            model=tiny.name,
+            messages=[{"role": "user", "content": "It is a truth"}],
+            max_tokens=8,
+            temperature=0,
+            logprobs=True,
+            stream=True,
+        )
+    )
+    for chunk in chat[1:]:  # each chunk's text is what its tokens' bytes make
+        (choice,) = chunk.choices
+        entries = choice.logprobs.content if choice.logprobs else []
+        made = bytes(byte for entry in entries for byte in entry.bytes).decode()
+        assert made == (choice.delta.content or "")
+    assert sum(len(chunk.choices[0].logprobs.content or []) for chunk in chat[1:]) == 8
+
+
+def test_vllm_output_fields_keep_the_stop_string_and_the_special_tokens(tiny, client):
+    plain = local(tiny, "It is a truth universally", max_new_tokens=8)
+    stop = plain.text[3:5]
+    kept = client.completions.create(
+        model=tiny.name,
+        prompt="It is a truth universally",
+        stop=[stop],
+        temperature=0,
+        extra_body={"include_stop_str_in_output": True},
+    )
+    assert kept.choices[0].finish_reason == "stop" and kept.choices[0].text == without_stop(
+        plain.text, (stop,), keep=True
+    )
+    shown = client.completions.create(
+        model=tiny.name,
+        prompt=[*tiny.tokenizer.encode("It is a truth universally"), 50256],
+        max_tokens=4,
+        temperature=0,
+        extra_body={"skip_special_tokens": False, "logit_bias": {"50256": 100}, "ignore_eos": True},
+    )
+    assert shown.choices[0].text == "<|endoftext|>" * 4
+
+
+def test_a_prompt_that_fills_the_context_is_the_prompts_fault(tiny, served):
+    long_prompt = [464] * 1024
+    for body, param in (
+        ({"prompt": long_prompt, "max_tokens": 1}, "prompt"),
+        ({"prompt": long_prompt[:1000], "max_tokens": 100}, "max_tokens"),
+    ):
+        answer = httpx.post(served.url + "/v1/completions", json=body, headers=headers(served), timeout=60)
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == param
+
+
+def test_each_request_leaves_an_access_line_on_stderr(served):
+    httpx.post(
+        served.url + "/v1/completions",
+        json={"prompt": "Access line", "max_tokens": 3},
+        headers=headers(served),
+        timeout=60,
+    )
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any("Access" in line for line in served.log):
+        time.sleep(0.05)
+    lines = [
+        line for line in served.log if '"POST /v1/completions" 200 · 2 prompt + 3 completion tokens' in line
+    ]
+    assert lines and lines[-1].startswith("gencli: 127.0.0.1:") and lines[-1].rstrip().endswith(" s")
+
+
+def test_a_storm_of_clients_waits_its_turn_and_every_answer_is_whole(demo_server):
+    """40 clients at once, each sending 3 requests in turn (a completion, a streamed chat and a
+    streamed response), against `gencli serve -m demo` with no flags: none is turned away."""
+
+    def events(response):
+        return [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
+
+    def session(number):
+        answers = []
+        with httpx.Client(base_url=demo_server.url, timeout=120) as http:
+            completion = http.post("/v1/completions", json={"prompt": f"Letter {number}:", "max_tokens": 8})
+            body = completion.json()
+            whole = body["choices"][0]["finish_reason"] == "stop" or body["usage"]["completion_tokens"] == 8
+            answers.append((completion.status_code, whole))
+            chat = {"messages": [{"role": "user", "content": f"Question {number}?"}], "max_tokens": 8}
+            with http.stream("POST", "/v1/chat/completions", json={**chat, "stream": True}) as streamed:
+                chunks = events(streamed)
+                answers.append((streamed.status_code, chunks[-1]["choices"][0]["finish_reason"] is not None))
+            reply = {"input": f"Answer {number}.", "max_output_tokens": 8, "stream": True}
+            with http.stream("POST", "/v1/responses", json=reply) as streamed:
+                typed = events(streamed)
+                answers.append((streamed.status_code, typed[-1]["type"] == "response.completed"))
+        return answers
+
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        answers = [answer for answers in pool.map(session, range(40)) for answer in answers]
+    assert [status for status, _ in answers] == [200] * 120
+    assert all(whole for _, whole in answers)

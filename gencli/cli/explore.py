@@ -36,7 +36,7 @@ def explore(
     listener = listen("127.0.0.1", port)
     with startup_status("starting") as step:
         loaded, resolved = load_with_settings(layers, step)
-    app = create_app(loaded, resolved.settings)
+    app = create_app(loaded, resolved)
     address = url(listener) + "/" + (f"?{urllib.parse.urlencode({'prompt': prompt})}" if prompt else "")
     notice(f"exploring {loaded.name} at {address} — Ctrl-C stops")
     if not no_browser and not webbrowser.open(address):

@@ -40,8 +40,13 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
     api_key: ServerApiKeyOption = None,
     max_queue: Annotated[
-        int, typer.Option(help="Requests that may wait for the model; more get 503 with Retry-After.", min=1)
-    ] = 16,
+        int,
+        typer.Option(
+            help="Choices that may wait for the model (each of a request's n counts); more get 503 "
+            "with Retry-After.",
+            min=1,
+        ),
+    ] = 512,
     prefix_cache_mb: Annotated[
         int,
         typer.Option(
@@ -62,14 +67,24 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No access line per request on stderr.")
+    ] = False,
     flags: dict[str, Any] | None = None,
 ) -> None:
-    """Keep the model warm behind HTTP: POST /v1/completions and /v1/chat/completions (OpenAI's
-    API: any OpenAI client works, scoring with echo and logprobs included), POST /v1/generate
-    (gencli's own settings in, the generate --json record out), GET /v1/models and GET /health; the
-    explore page at / (see gencli explore) and its routes POST /v1/tokenize, /v1/attention,
-    /v1/explain and /v1/compare. Requests in kv-cache and scratch mode are decoded together as they
-    come (continuous batching). Options here are the defaults for what a request leaves out.
+    """Keep the model warm behind HTTP: POST /v1/completions, /v1/chat/completions and
+    /v1/responses (OpenAI's API: any OpenAI client works, scoring with echo and logprobs included),
+    POST /v1/generate (gencli's own settings in, the generate --json record out), GET /v1/models
+    and GET /health; the explore page at / (see gencli explore) and its routes POST /v1/tokenize,
+    /v1/attention, /v1/explain and /v1/compare. Requests in kv-cache mode (the default) and
+    scratch mode are decoded together as they come (continuous batching).
+
+    What a request leaves out takes the settings you give here (flags, -o, config files, GENCLI_*
+    variables), then the checkpoint's generation_config.json; after those, OpenAI's routes take
+    OpenAI's defaults (sampling at temperature 1, top_p 1, no penalties, 16 tokens for a
+    completion, up to the end of the context for a chat reply or a response), and /v1/generate
+    gencli's own (greedy, repetition penalty 1.2, no repeated 3-gram, 64 tokens). temperature 0 is
+    the argmax after only the processors asked for. A line per request goes to stderr (-q: none).
     Ctrl-C or SIGTERM stops it."""
     require_server_extra()
     from gencli.server.app import create_app
@@ -82,12 +97,13 @@ def serve(
         loaded.engine(resolved.settings.mode)
     app = create_app(
         loaded,
-        resolved.settings,
+        resolved,
         api_key=api_key or None,
         max_queue=max_queue,
         prefix_cache_bytes=prefix_cache_mb * 2**20,
         max_body_bytes=max_body_kb * 1024,
         served_model_names=tuple(dict.fromkeys(served_model_name or ())),
+        access_log=None if quiet else notice,
     )
     if not _is_loopback(host) and not api_key:
         notice(f"warning: listening on {host} without --api-key: anyone who can reach it can use the model")

@@ -1,188 +1,103 @@
-"""The routes: one small handler each over the shared server state, the worker behind them."""
+"""The routes: one small handler each over the shared server state (state.py), the worker behind
+them; and the access line each request leaves on stderr."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import copy
-import dataclasses
-import hmac
-import json
+import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gencli.chat import chat_prompt
-from gencli.errors import GencliError
-from gencli.generation import ContextOverflowError, encode_prompt
 from gencli.loading import LoadedModel
 from gencli.results import GenerationResult
+from gencli.server import explore
 from gencli.server.errors import ApiError
-from gencli.server.requests import chat_request, completion_request, generate_request
+from gencli.server.jobs import Job
+from gencli.server.requests import (
+    chat_request,
+    completion_request,
+    fills_context,
+    generate_request,
+    openai_defaults,
+    responses_request,
+)
 from gencli.server.responses import (
     FINISH_REASONS,
     chat_logprobs,
     completion_text,
     openai_logprobs,
+    response_object,
+    responses_event,
     scored_steps,
     sse,
     usage,
 )
-from gencli.server.worker import Job, ParsedRequest, Worker
-from gencli.settings import Settings
+from gencli.server.state import ServerState, note_usage, read_request
+from gencli.server.worker import Worker
+from gencli.settings import ResolvedSettings
 from gencli.stop_strings import StopHoldBack
 
-
-@dataclass
-class ServerState:
-    """What every handler shares: the model, the server's settings (the defaults of every request),
-    the worker that runs the model, the names it answers to, and the limits."""
-
-    loaded: LoadedModel
-    settings: Settings
-    worker: Worker
-    names: tuple[str, ...]
-    api_key: str | None
-    max_body_bytes: int
-    # The worker thread owns the tokenizer; the event loop checks prompts with a copy of its own,
-    # because a fast tokenizer may not be used from two threads at once.
-    prompt_checker: LoadedModel = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.prompt_checker = dataclasses.replace(self.loaded, tokenizer=copy.deepcopy(self.loaded.tokenizer))
-
-    @property
-    def vocab_size(self) -> int:
-        return self.loaded.model.config.vocab_size
-
-    def chat_prompt(self, messages: list[dict[str, str]]) -> tuple[str, tuple[str, ...]]:
-        return chat_prompt(self.prompt_checker.tokenizer, messages)
-
-    def authorize(self, request: Request) -> None:
-        if self.api_key is None:
-            return
-        given = request.headers.get("authorization", "")
-        expected = f"Bearer {self.api_key}"
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            raise ApiError(
-                401, "a valid API key is required: send 'Authorization: Bearer KEY'", code="invalid_api_key"
-            )
-
-    def served_name(self, body: Any) -> str:
-        """The name a request may give the model: one of those this server answers to."""
-        asked = body.get("model") if isinstance(body, dict) else None
-        if asked is None:
-            return self.names[0]
-        if asked not in self.names:
-            served = ", ".join(repr(name) for name in self.names)
-            raise ApiError(
-                404, f"this server runs {served}, not {asked!r}", param="model", code="model_not_found"
-            )
-        return asked
-
-    async def read_json(self, request: Request) -> Any:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            raise ApiError(413, f"the request body is over {self.max_body_bytes} bytes")
-        body = bytearray()
-        async for piece in request.stream():
-            body += piece
-            if len(body) > self.max_body_bytes:
-                raise ApiError(413, f"the request body is over {self.max_body_bytes} bytes")
-        try:
-            return json.loads(body)
-        except ValueError as problem:
-            raise ApiError(400, f"the request body is not valid JSON: {problem}") from None
-
-    async def run(
-        self,
-        parsed: list[ParsedRequest],
-        request: Request,
-        stream: Callable[[list[Job]], AsyncIterator[str]] | None,
-        tokens_field: str = "max_tokens",
-    ) -> Response | list[GenerationResult]:
-        """Queue a job per choice; their results, or a streaming response of `stream(jobs)`'s events."""
-        for choice in parsed:  # refused before it is queued: a streaming client gets its 400 too
-            try:
-                encode_prompt(
-                    self.prompt_checker,
-                    choice.prompt,
-                    choice.options.max_new_tokens if choice.generates else 0,
-                )
-            except ContextOverflowError as problem:
-                worded = ContextOverflowError(
-                    problem.prompt_tokens, problem.max_new_tokens, problem.context, name=tokens_field
-                )
-                raise ApiError(400, str(worded), param=tokens_field) from None
-            except GencliError as problem:
-                raise ApiError(400, str(problem), param="prompt") from None
-        loop = asyncio.get_running_loop()
-        jobs = [Job(choice, loop) for choice in parsed]
-        self.worker.submit(jobs)
-        if stream is None:
-            return [await wait(job, request) for job in jobs]
-
-        async def events() -> AsyncIterator[str]:
-            try:
-                async for event in stream(jobs):
-                    yield event
-            finally:  # done, or the client went away: either way the worker may stop
-                for job in jobs:
-                    job.cancelled.set()
-
-        return StreamingResponse(events(), media_type="text/event-stream")
+Steps = list[dict[str, Any]]  # log-probability records, one per token
 
 
-async def wait(job: Job, request: Request) -> GenerationResult:
-    """The job's result; a client that goes away meanwhile cancels it."""
-    while True:
-        finished, _ = await asyncio.wait({job.done}, timeout=0.25)
-        if finished:
-            return job.done.result()
-        if await request.is_disconnected():
-            job.cancelled.set()
+async def choice_pieces(job: Job) -> AsyncIterator[tuple[str, Steps, GenerationResult | None]]:
+    """A choice as it streams: (text, the log-probability records of the tokens it completes,
+    None) for each token once its text is whole, stop strings held back and left out (unless the
+    request keeps them); then (what is left, its records, the result). ApiError if the run failed."""
+    held = StopHoldBack(job.request.options.stop, keep=job.request.include_stop)
+    steps: Steps = []  # tokens whose text has not gone out yet
+    while (item := await job.chunks.get()) is not None:
+        if isinstance(item, dict):
+            steps += [item["logprob"]] if "logprob" in item else []
+        elif shown := held.feed(item):
+            yield shown, steps, None
+            steps = []
+    result = await job.done
+    yield held.rest(result.finish_reason == "stop"), steps, result
+
+
+# A streamed choice's chunk: (choice index, text, its tokens' records, the result on the last).
+Chunk = Callable[[int, str, Steps, GenerationResult | None], dict[str, Any]]
 
 
 async def streamed_choices(
     jobs: list[Job],
-    chunk: Callable[[int, str, GenerationResult | None], dict[str, Any]],
+    request: Request,
+    chunk: Chunk,
     usage_chunk: Callable[[dict[str, Any]], dict[str, Any]] | None,
 ) -> AsyncIterator[str]:
-    """OpenAI's event stream: each choice's text as it comes, stop strings held back and left out,
-    its last chunk with its result; then `usage_chunk(usage)` when asked for, and `[DONE]`. Choices
-    stream one after another, as the worker runs them."""
+    """OpenAI's event stream for completions and chat: a chunk per token (`choice_pieces`), each
+    choice's last one with its result; then `usage_chunk(usage)` when asked for, and `[DONE]`.
+    Choices stream one after another, as the worker runs them."""
     results = []
     for index, job in enumerate(jobs):
-        held = StopHoldBack(job.request.options.stop)
-        while (text := await job.chunks.get()) is not None:
-            if shown := held.feed(text):
-                yield sse(chunk(index, shown, None))
         try:
-            result = await job.done
+            async for text, steps, result in choice_pieces(job):
+                yield sse(chunk(index, text, steps, result))
         except ApiError as problem:
             yield sse({"error": {"message": problem.message, "type": "server_error"}})
             return
         results.append(result)
-        yield sse(chunk(index, held.rest(result.finish_reason == "stop"), result))
+    totals = usage(results, jobs[0].request.n)
+    note_usage(request, totals["prompt_tokens"], totals["completion_tokens"])
     if usage_chunk is not None:
-        yield sse(usage_chunk(usage(results, jobs[0].request.n)))
+        yield sse(usage_chunk(totals))
     yield "data: [DONE]\n\n"
 
 
-async def read_request(state: ServerState, request: Request) -> tuple[Any, str]:
-    """A generating route's start: the key checked, the body read, the model name it gives checked;
-    (body, the name the response carries)."""
-    state.authorize(request)
-    body = await state.read_json(request)
-    return body, state.served_name(body)
+def answered(request: Request, body: dict[str, Any], totals: dict[str, Any]) -> Response:
+    note_usage(request, totals["prompt_tokens"], totals["completion_tokens"])
+    return JSONResponse(body)
 
 
 Handler = Callable[[ServerState, Request], Awaitable[Response]]
@@ -207,58 +122,73 @@ async def health(state: ServerState, request: Request) -> Response:
     return JSONResponse({"status": "ok", "model": state.names[0], **shape})
 
 
+def model_card(state: ServerState, name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": state.created, "owned_by": "gencli"}
+
+
 async def models(state: ServerState, request: Request) -> Response:
     state.authorize(request)
-    listed = [{"id": name, "object": "model", "created": 0, "owned_by": "gencli"} for name in state.names]
-    return JSONResponse({"object": "list", "data": listed})
+    return JSONResponse({"object": "list", "data": [model_card(state, name) for name in state.names]})
+
+
+async def model(state: ServerState, request: Request) -> Response:
+    state.authorize(request)
+    return JSONResponse(model_card(state, state.served_name(request.path_params["name"])))
 
 
 async def completions(state: ServerState, request: Request) -> Response:
-    body, model = await read_request(state, request)
-    parsed = completion_request(body, state.settings, state.vocab_size)
+    body, name = await read_request(state, request)
+    parsed = completion_request(body, state.openai, state.settings.mode, state.vocab_size)
     first = parsed[0]
     identity = {
         "id": f"cmpl-{uuid.uuid4().hex}",
         "object": "text_completion",
         "created": int(time.time()),
-        "model": model,
+        "model": name,
     }
+    offsets = [0] * len(parsed)  # where each choice's next token starts in its text
 
-    def choice(index: int, text: str, result: GenerationResult | None) -> dict[str, Any]:
-        steps = None if result is None else scored_steps(result, parsed[index])
+    def choice(index: int, text: str, steps: Steps | None, result: GenerationResult | None) -> dict[str, Any]:
+        logprobs = None
+        if steps is not None:
+            logprobs = openai_logprobs(steps, offsets[index])
+            offsets[index] += sum(len(step["text"]) for step in steps)
         return {
             "index": index,
             "text": text,
-            "logprobs": None if steps is None else openai_logprobs(steps),
+            "logprobs": logprobs,
             "finish_reason": None if result is None else FINISH_REASONS[result.finish_reason],
         }
+
+    def chunk(index: int, text: str, steps: Steps, result: GenerationResult | None) -> dict[str, Any]:
+        wanted = steps if parsed[index].top_logprobs is not None else None
+        return {**identity, "choices": [choice(index, text, wanted, result)]}
 
     def usage_chunk(totals: dict[str, Any]) -> dict[str, Any]:
         return {**identity, "choices": [], "usage": totals}
 
     def stream(jobs: list[Job]) -> AsyncIterator[str]:
-        def chunk(index: int, text: str, result: GenerationResult | None) -> dict[str, Any]:
-            return {**identity, "choices": [choice(index, text, result)]}
-
-        return streamed_choices(jobs, chunk, usage_chunk if first.include_usage else None)
+        return streamed_choices(jobs, request, chunk, usage_chunk if first.include_usage else None)
 
     outcome = await state.run(parsed, request, stream if first.stream else None)
     if isinstance(outcome, Response):
         return outcome
     choices = [
-        choice(index, completion_text(result, parsed[index]), result) for index, result in enumerate(outcome)
+        choice(index, completion_text(result, parsed[index]), scored_steps(result, parsed[index]), result)
+        for index, result in enumerate(outcome)
     ]
-    return JSONResponse({**identity, "choices": choices, "usage": usage(outcome, first.n)})
+    totals = usage(outcome, first.n)
+    return answered(request, {**identity, "choices": choices, "usage": totals}, totals)
 
 
 async def chat_completions(state: ServerState, request: Request) -> Response:
-    body, model = await read_request(state, request)
-    parsed = chat_request(body, state.settings, state.chat_prompt)
+    body, name = await read_request(state, request)
+    parsed = chat_request(body, state.openai, state.settings.mode, state.fills_context, state.chat_prompt)
     first = parsed[0]
-    identity = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model}
+    identity = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": name}
 
-    def delta_chunk(index: int, text: str, result: GenerationResult | None) -> dict[str, Any]:
-        steps = None if result is None else scored_steps(result, parsed[index])
+    def chunk(index: int, text: str, steps: Steps, result: GenerationResult | None) -> dict[str, Any]:
+        wants_logprobs = parsed[index].top_logprobs is not None
         return {
             **identity,
             "object": "chat.completion.chunk",
@@ -266,7 +196,7 @@ async def chat_completions(state: ServerState, request: Request) -> Response:
                 {
                     "index": index,
                     "delta": {"content": text} if text or result is None else {},
-                    "logprobs": None if steps is None else chat_logprobs(steps),
+                    "logprobs": chat_logprobs(steps) if wants_logprobs else None,
                     "finish_reason": None if result is None else FINISH_REASONS[result.finish_reason],
                 }
             ],
@@ -277,13 +207,14 @@ async def chat_completions(state: ServerState, request: Request) -> Response:
 
     async def stream(jobs: list[Job]) -> AsyncIterator[str]:
         for index in range(len(jobs)):  # each choice opens with the speaker, as OpenAI's do
-            opening = delta_chunk(index, "", None)
-            opening["choices"][0]["delta"] = {"role": "assistant", "content": ""}
+            opening = chunk(index, "", [], None)
+            opening["choices"][0].update(delta={"role": "assistant", "content": ""}, logprobs=None)
             yield sse(opening)
-        async for event in streamed_choices(jobs, delta_chunk, usage_chunk if first.include_usage else None):
+        wanted = usage_chunk if first.include_usage else None
+        async for event in streamed_choices(jobs, request, chunk, wanted):
             yield event
 
-    outcome = await state.run(parsed, request, stream if first.stream else None)
+    outcome = await state.run(parsed, request, stream if first.stream else None, prompt_field="messages")
     if isinstance(outcome, Response):
         return outcome
     choices = []
@@ -297,9 +228,65 @@ async def chat_completions(state: ServerState, request: Request) -> Response:
                 "finish_reason": FINISH_REASONS[result.finish_reason],
             }
         )
-    return JSONResponse(
-        {**identity, "object": "chat.completion", "choices": choices, "usage": usage(outcome, first.n)}
+    totals = usage(outcome, first.n)
+    reply = {**identity, "object": "chat.completion", "choices": choices, "usage": totals}
+    return answered(request, reply, totals)
+
+
+async def responses(state: ServerState, request: Request) -> Response:
+    """OpenAI's Responses API, stateless: the reply is one message of output text."""
+    body, name = await read_request(state, request)
+    parsed = responses_request(
+        body, state.openai, state.settings.mode, state.fills_context, state.chat_prompt
     )
+    identity = {
+        "id": f"resp_{uuid.uuid4().hex}",
+        "created_at": int(time.time()),
+        "model": name,
+        "message_id": f"msg_{uuid.uuid4().hex}",
+    }
+
+    def finished(result: GenerationResult) -> dict[str, Any]:
+        return response_object(identity, body, parsed.options, result, completion_text(result, parsed))
+
+    async def stream(jobs: list[Job]) -> AsyncIterator[str]:
+        numbers = itertools.count()
+
+        def event(kind: str, **data: Any) -> str:
+            return responses_event(kind, next(numbers), data)
+
+        opened = response_object(identity, body, parsed.options, None, "")
+        message, part = opened["output"][0], opened["output"][0]["content"][0]
+        where = {"item_id": message["id"], "output_index": 0, "content_index": 0}
+        yield event("response.created", response={**opened, "output": []})
+        yield event("response.in_progress", response={**opened, "output": []})
+        yield event("response.output_item.added", output_index=0, item={**message, "content": []})
+        yield event("response.content_part.added", **where, part=part)
+        try:
+            async for text, _, _ in choice_pieces(jobs[0]):
+                if text:
+                    yield event("response.output_text.delta", **where, delta=text, logprobs=[])
+        except ApiError as problem:
+            yield event("error", code="server_error", message=problem.message, param=None)
+            return
+        closed = finished(jobs[0].done.result())
+        message, part = closed["output"][0], closed["output"][0]["content"][0]
+        yield event("response.output_text.done", **where, text=part["text"], logprobs=[])
+        yield event("response.content_part.done", **where, part=part)
+        yield event("response.output_item.done", output_index=0, item=message)
+        note_usage(request, closed["usage"]["input_tokens"], closed["usage"]["output_tokens"])
+        # Always response.completed, an incomplete response included (its status says so), as
+        # vLLM and SGLang end a stream: the openai package's stream helper waits for no other.
+        yield event("response.completed", response=closed)
+
+    outcome = await state.run(
+        [parsed], request, stream if parsed.stream else None, "max_output_tokens", "input"
+    )
+    if isinstance(outcome, Response):
+        return outcome
+    reply = finished(outcome[0])
+    note_usage(request, reply["usage"]["input_tokens"], reply["usage"]["output_tokens"])
+    return JSONResponse(reply)
 
 
 async def generate(state: ServerState, request: Request) -> Response:
@@ -315,11 +302,16 @@ async def generate(state: ServerState, request: Request) -> Response:
         except ApiError as problem:
             yield sse({"error": {"message": problem.message, "status": problem.status}})
             return
+        note_usage(request, len(result.prompt_token_ids), len(result.token_ids))
         yield sse({"result": result.to_dict()})
         yield "data: [DONE]\n\n"
 
     outcome = await state.run([parsed], request, stream if parsed.stream else None, "max_new_tokens")
-    return outcome if isinstance(outcome, Response) else JSONResponse(outcome[0].to_dict())
+    if isinstance(outcome, Response):
+        return outcome
+    (result,) = outcome
+    note_usage(request, len(result.prompt_token_ids), len(result.token_ids))
+    return JSONResponse(result.to_dict())
 
 
 async def http_error(request: Request, problem: HTTPException) -> Response:
@@ -331,19 +323,68 @@ async def http_error(request: Request, problem: HTTPException) -> Response:
     return ApiError(problem.status_code, message).response()
 
 
+class AccessLog:
+    """A line per request, as uvicorn and llama-server print one: who asked, the route, the status,
+    the tokens (what the handler noted) and the time until the last byte went out."""
+
+    def __init__(self, app: ASGIApp, write: Callable[[str], None]):
+        self.app, self.write = app, write
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status, ended = time.perf_counter(), 0, False
+
+        async def sending(message: Message) -> None:
+            nonlocal status, ended
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                ended = True
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            self.write(access_line(scope, status, time.perf_counter() - started, ended))
+
+
+def access_line(scope: Scope, status: int, seconds: float, complete: bool) -> str:
+    host, port = scope.get("client") or ("-", 0)
+    parts = [f'{host}:{port} "{scope["method"]} {scope["path"]}" {status}']
+    tokens = scope.get("state", {}).get("tokens")
+    if tokens is not None:
+        parts.append(f"{tokens[0]} prompt + {tokens[1]} completion tokens")
+    parts.append(f"{seconds:.2f} s" + ("" if complete else " (the client went away)"))
+    return " · ".join(parts)
+
+
 def create_app(
     loaded: LoadedModel,
-    settings: Settings,
+    resolved: ResolvedSettings,
     *,
     api_key: str | None = None,
-    max_queue: int = 16,
+    max_queue: int = 512,
     prefix_cache_bytes: int = 512 * 2**20,
     max_body_bytes: int = 2**20,
     served_model_names: tuple[str, ...] = (),
+    access_log: Callable[[str], None] | None = None,
 ) -> Starlette:
+    """The server for `loaded`: gencli's routes take `resolved`'s settings, OpenAI's take what the
+    user set and OpenAI's defaults for the rest; `access_log` hears a line per request."""
     worker = Worker(loaded, max_queue, prefix_cache_bytes)
+    config = None if loaded.folder is None else loaded.folder / "config.json"
     state = ServerState(
-        loaded, settings, worker, served_model_names or (loaded.name,), api_key, max_body_bytes
+        loaded,
+        resolved.settings,
+        openai_defaults(resolved),
+        fills_context(resolved),
+        worker,
+        served_model_names or (loaded.name,),
+        api_key,
+        max_body_bytes,
+        int(config.stat().st_mtime if config is not None and config.exists() else time.time()),
     )
 
     @contextlib.asynccontextmanager
@@ -352,21 +393,27 @@ def create_app(
         yield
         worker.stop()
 
-    from gencli.server import explore  # its handlers build on this module's ServerState
-
     routes = [
         Route("/", handled(explore.page), methods=["GET"]),
         Route("/explore/{name}", handled(explore.page_asset), methods=["GET"]),
         Route("/health", handled(health), methods=["GET"]),
         Route("/v1/models", handled(models), methods=["GET"]),
+        Route("/v1/models/{name:path}", handled(model), methods=["GET"]),
         Route("/v1/completions", handled(completions), methods=["POST"]),
         Route("/v1/chat/completions", handled(chat_completions), methods=["POST"]),
+        Route("/v1/responses", handled(responses), methods=["POST"]),
         Route("/v1/generate", handled(generate), methods=["POST"]),
         Route("/v1/tokenize", handled(explore.tokenize), methods=["POST"]),
         Route("/v1/attention", handled(explore.attention), methods=["POST"]),
         Route("/v1/explain", handled(explore.explain), methods=["POST"]),
         Route("/v1/compare", handled(explore.compare), methods=["POST"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    middleware = [] if access_log is None else [Middleware(AccessLog, write=access_log)]
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error},
+    )
     app.state.server = state
     return app

@@ -16,9 +16,9 @@ from starlette.responses import JSONResponse, Response
 from gencli.compare import compare_modes
 from gencli.scratch.explain import explain as walk
 from gencli.scratch.probe import attention_map
-from gencli.server.app import ServerState, read_request
+from gencli.server.jobs import Inspection
 from gencli.server.requests import compare_request, inspection_request
-from gencli.server.worker import Inspection
+from gencli.server.state import ServerState, read_request
 from gencli.tokens import pieces
 from gencli.tokens import tokenize as tokenize_text
 

@@ -1,5 +1,6 @@
-"""What a request asks for, checked: OpenAI's completions and chat completions, and gencli's own
-/v1/generate, each turned into one `ParsedRequest` per choice. Every error names the request's field."""
+"""What a request asks for, checked: OpenAI's completions, chat completions and responses, and
+gencli's own /v1/generate, each turned into one `ParsedRequest` per choice. Every error names the
+request's field."""
 
 from __future__ import annotations
 
@@ -7,31 +8,76 @@ from collections.abc import Callable
 from typing import Any
 
 from gencli.server.errors import ApiError
-from gencli.server.worker import ParsedRequest
-from gencli.settings import DECODING_KEYS, DecodingOptions, SettingError, Settings, check_values
+from gencli.server.jobs import ParsedRequest
+from gencli.settings import (
+    DECODING_KEYS,
+    DecodingOptions,
+    ResolvedSettings,
+    SettingError,
+    Settings,
+    check_values,
+)
 
-# OpenAI's sampling fields, and the gencli setting each one sets (ignore_eos is vLLM's extra field).
-_OPENAI_TO_GENCLI = {
+# The sampling fields of OpenAI's API and vLLM's extra ones, and the gencli setting each one sets.
+_FIELD_TO_SETTING = {
     "max_tokens": "max_new_tokens",
     "temperature": "temperature",
     "top_p": "top_p",
     "stop": "stop",
     "seed": "seed",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "logit_bias": "logit_bias",
+    # vLLM's extra fields, which its clients send in extra_body
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "repetition_penalty": "repetition_penalty",
+    "min_tokens": "min_new_tokens",
+    "stop_token_ids": "stop_token_ids",
     "ignore_eos": "ignore_eos",
+    "skip_special_tokens": "skip_special_tokens",
+    "no_repeat_ngram_size": "no_repeat_ngram_size",  # gencli's own
 }
-_GENCLI_TO_OPENAI = {value: key for key, value in _OPENAI_TO_GENCLI.items()}
-_OPENAI_ACCEPTED = {"model", "stream", "stream_options", "user", "n", *_OPENAI_TO_GENCLI}
-_COMPLETION_ACCEPTED = {*_OPENAI_ACCEPTED, "prompt", "logprobs", "echo"}
-_CHAT_ACCEPTED = {*_OPENAI_ACCEPTED, "messages", "logprobs", "top_logprobs", "max_completion_tokens"}
+_OPENAI_ACCEPTED = {"model", "stream", "stream_options", "user", "n", "include_stop_str_in_output"}
+_COMPLETION_ACCEPTED = {*_OPENAI_ACCEPTED, *_FIELD_TO_SETTING, "prompt", "logprobs", "echo"}
+_CHAT_ACCEPTED = {
+    *_OPENAI_ACCEPTED,
+    *_FIELD_TO_SETTING,
+    "messages",
+    "logprobs",
+    "top_logprobs",
+    "max_completion_tokens",
+}
 # Fields gencli cannot honour, with the value that asks for nothing and why it is refused otherwise.
 _OPENAI_REFUSED = {
     "best_of": (1, "gencli returns the n choices it generates; use n"),
-    "presence_penalty": (0, "use gencli's repetition_penalty through /v1/generate"),
-    "frequency_penalty": (0, "use gencli's repetition_penalty through /v1/generate"),
-    "logit_bias": ({}, "logit bias is not implemented"),
     "suffix": (None, "insertion is not implemented"),
 }
 MAX_CHOICES = 16  # prompts x n in one request; each choice is decoded on its own
+
+# OpenAI's default for each setting whose gencli default differs: sampling (at temperature 1),
+# no repetition penalty or n-gram rule, and 16 tokens for a completion (a chat reply or a response
+# fills the context instead).
+_OPENAI_DEFAULTS = {
+    "sample": True,
+    "repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "max_new_tokens": 16,
+}
+
+
+def openai_defaults(resolved: ResolvedSettings) -> DecodingOptions:
+    """What OpenAI's routes take for a field a request leaves out: what the user set (serve's flags,
+    -o, config files, GENCLI_* variables, the checkpoint's generation_config.json), else OpenAI's
+    default; the CLI's own preset (repetition penalty, n-gram rule) stays with the CLI."""
+    unset = {key: value for key, value in _OPENAI_DEFAULTS.items() if resolved.origins[key] == "default"}
+    return resolved.settings.decoding.model_copy(update=unset)
+
+
+def fills_context(resolved: ResolvedSettings) -> bool:
+    """Whether a chat reply or a response without a length runs to the end of the context, as
+    OpenAI's do: unless the user gave the server a length."""
+    return resolved.origins["max_new_tokens"] == "default"
 
 
 def _check_fields(body: Any, accepted: set[str]) -> dict[str, Any]:
@@ -49,6 +95,13 @@ def _checked(values: dict[str, Any], field_name: Callable[[str], str] = str) -> 
         return check_values(values, name=lambda key: repr(field_name(key)))
     except SettingError as problem:
         raise ApiError(400, str(problem), param=field_name(problem.key)) from None
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name) or False
+    if not isinstance(value, bool):
+        raise ApiError(400, f"'{name}' must be true or false", param=name)
+    return value
 
 
 def _one_prompt(prompt: Any, vocab_size: int) -> str | list[int] | None:
@@ -102,15 +155,21 @@ def _choices(body: dict[str, Any], prompts: int) -> int:
     return n
 
 
-def _sampling(body: dict[str, Any], defaults: Settings) -> DecodingOptions:
-    """OpenAI's sampling fields on top of the server's settings; errors name the request's field."""
+def _sampling(body: dict[str, Any], defaults: DecodingOptions, length: str = "max_tokens") -> DecodingOptions:
+    """The request's sampling fields on top of `defaults`, its length in the field `length`; errors
+    name the request's field."""
     for name, (neutral, why) in _OPENAI_REFUSED.items():
         if body.get(name) not in (None, neutral):
             raise ApiError(400, f"'{name}' = {body[name]!r} is not supported: {why}", param=name)
-    values = {_OPENAI_TO_GENCLI[key]: body[key] for key in _OPENAI_TO_GENCLI if body.get(key) is not None}
+    fields = {**{key: setting for key, setting in _FIELD_TO_SETTING.items() if key != "max_tokens"}}
+    fields[length] = "max_new_tokens"
+    values = {setting: body[key] for key, setting in fields.items() if body.get(key) is not None}
+    if values.get("top_k") == -1:  # vLLM's spelling of "every token"
+        values["top_k"] = 0
     if "temperature" in values:  # OpenAI samples at any temperature above 0
         values["sample"] = values["temperature"] != 0
-    return defaults.decoding.model_copy(update=_checked(values, lambda key: _GENCLI_TO_OPENAI.get(key, key)))
+    named = {setting: key for key, setting in fields.items()}
+    return defaults.model_copy(update=_checked(values, lambda key: named.get(key, key)))
 
 
 def _one_per_choice(
@@ -127,13 +186,18 @@ def _one_per_choice(
     return requests
 
 
-def completion_request(body: Any, defaults: Settings, vocab_size: int) -> list[ParsedRequest]:
-    """An OpenAI completion request, one ParsedRequest per choice; fields left out take the server's
-    settings. `max_tokens: 0` with `echo` scores the prompt and generates nothing."""
+def _stream_usage(body: dict[str, Any]) -> bool:
+    stream_options = body.get("stream_options") or {}
+    return bool(isinstance(stream_options, dict) and stream_options.get("include_usage"))
+
+
+def completion_request(
+    body: Any, defaults: DecodingOptions, mode: str, vocab_size: int
+) -> list[ParsedRequest]:
+    """An OpenAI completion request, one ParsedRequest per choice; fields left out take `defaults`.
+    `max_tokens: 0` with `echo` scores the prompt and generates nothing."""
     body = _check_fields(body, _COMPLETION_ACCEPTED | set(_OPENAI_REFUSED))
-    echo = body.get("echo") or False
-    if not isinstance(echo, bool):
-        raise ApiError(400, "'echo' must be true or false", param="echo")
+    echo = _flag(body, "echo")
     generates = body.get("max_tokens") != 0
     if not generates and not echo:
         raise ApiError(400, "'max_tokens' = 0 generates nothing: it needs 'echo': true", param="max_tokens")
@@ -144,79 +208,150 @@ def completion_request(body: Any, defaults: Settings, vocab_size: int) -> list[P
         {key: value for key, value in body.items() if generates or key != "max_tokens"}, defaults
     )
     prompts = _prompts(body, vocab_size)
-    stream_options = body.get("stream_options") or {}
     return _one_per_choice(
         prompts,
         _choices(body, len(prompts)),
         options,
-        mode=defaults.mode,
+        mode=mode,
         stream=stream,
         top_logprobs=_top_logprobs(body.get("logprobs"), "logprobs"),
-        include_usage=bool(isinstance(stream_options, dict) and stream_options.get("include_usage")),
+        include_usage=_stream_usage(body),
         echo=echo,
         generates=generates,
+        include_stop=_flag(body, "include_stop_str_in_output"),
     )
 
 
+TemplatePrompt = Callable[[list[dict[str, str]]], tuple[str, tuple[str, ...]]]
+
+
 def chat_request(
-    body: Any,
-    defaults: Settings,
-    template_prompt: Callable[[list[dict[str, str]]], tuple[str, tuple[str, ...]]],
+    body: Any, defaults: DecodingOptions, mode: str, fills_context: bool, template_prompt: TemplatePrompt
 ) -> list[ParsedRequest]:
     """An OpenAI chat completion request: the messages become the document the model continues
-    (`template_prompt`), whose stop strings end the reply."""
+    (`template_prompt`), whose stop strings end the reply. Without a length, and with
+    `fills_context`, the reply may run to the end of the context."""
     body = _check_fields(body, _CHAT_ACCEPTED | set(_OPENAI_REFUSED))
-    if "max_completion_tokens" in body:
-        if "max_tokens" in body:
-            raise ApiError(400, "give 'max_tokens' or 'max_completion_tokens', not both", param="max_tokens")
-        body = {**body, "max_tokens": body["max_completion_tokens"]}
-        del body["max_completion_tokens"]
-    prompt, template_stops = template_prompt(_messages(body.get("messages")))
-    options = _sampling(body, defaults)
+    length = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    if length != "max_tokens" and "max_tokens" in body:
+        raise ApiError(400, "give 'max_tokens' or 'max_completion_tokens', not both", param="max_tokens")
+    prompt, template_stops = template_prompt(_messages(body.get("messages"), "messages"))
+    options = _sampling(body, defaults, length)
     options = options.model_copy(update={"stop": tuple(dict.fromkeys(template_stops + options.stop))})
-    wants_logprobs = body.get("logprobs") or False
-    if not isinstance(wants_logprobs, bool):
-        raise ApiError(400, "'logprobs' must be true or false", param="logprobs")
+    wants_logprobs = _flag(body, "logprobs")
     top = _top_logprobs(body.get("top_logprobs"), "top_logprobs")
     if top is not None and not wants_logprobs:
         raise ApiError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs")
-    stream_options = body.get("stream_options") or {}
     return _one_per_choice(
         [prompt],
         _choices(body, 1),
         options,
-        mode=defaults.mode,
+        mode=mode,
         stream=bool(body.get("stream")),
         top_logprobs=(top or 0) if wants_logprobs else None,
-        include_usage=bool(isinstance(stream_options, dict) and stream_options.get("include_usage")),
+        include_usage=_stream_usage(body),
+        fills_context=fills_context and body.get(length) is None,
+        include_stop=_flag(body, "include_stop_str_in_output"),
     )
 
 
-_ROLES = ("system", "user", "assistant")
+# The Responses API's fields: what gencli reads, and those it takes only with the value that asks
+# for nothing (a stateless server with no tools). Sampling fields as in chat, but the length.
+_RESPONSES_ACCEPTED = {
+    *(set(_FIELD_TO_SETTING) - {"max_tokens"}),
+    "model",
+    "input",
+    "instructions",
+    "max_output_tokens",
+    "stream",
+    "user",
+    "metadata",
+    "include_stop_str_in_output",
+}
+_RESPONSES_NEUTRAL: dict[str, tuple[tuple[Any, ...], str]] = {
+    "store": (
+        (None, False),
+        "this server keeps no responses: send 'store': false, and the conversation as 'input'",
+    ),
+    "previous_response_id": (
+        (None,),
+        "this server keeps no responses to continue from: send the conversation so far as 'input'",
+    ),
+    "tools": ((None, []), "gencli's models do not call tools"),
+    "tool_choice": ((None, "auto", "none"), "gencli's models do not call tools"),
+    "parallel_tool_calls": ((None, True, False), "gencli's models do not call tools"),
+    "text": ((None, {}, {"format": {"type": "text"}}), "only plain text output is supported"),
+    "truncation": ((None, "disabled"), "a conversation past the context is refused, never truncated"),
+    "reasoning": ((None, {}), "gencli's models do not reason apart from their answer"),
+    "include": ((None, []), "there is nothing more to include"),
+}
 
 
-def _messages(messages: Any) -> list[dict[str, str]]:
-    """OpenAI's messages as role and text; content may be a string or a list of text parts."""
+def responses_request(
+    body: Any, defaults: DecodingOptions, mode: str, fills_context: bool, template_prompt: TemplatePrompt
+) -> ParsedRequest:
+    """An OpenAI Responses API request: `instructions` and `input` (text, or messages) become the
+    document the model continues, as in chat. Stateless: nothing is stored to continue from."""
+    body = _check_fields(body, _RESPONSES_ACCEPTED | set(_RESPONSES_NEUTRAL))
+    for name, (neutral, why) in _RESPONSES_NEUTRAL.items():
+        if body.get(name) not in neutral:
+            raise ApiError(400, f"'{name}' = {body[name]!r} is not supported: {why}", param=name)
+    given = body.get("input")
+    if isinstance(given, str):
+        if not given.strip():
+            raise ApiError(400, "'input' is empty; send text or a list of messages", param="input")
+        messages = [{"role": "user", "content": given}]
+    else:
+        messages = _messages(given, "input")
+    instructions = body.get("instructions")
+    if instructions is not None:
+        if not isinstance(instructions, str):
+            raise ApiError(400, "'instructions' must be text", param="instructions")
+        messages = [{"role": "system", "content": instructions}, *messages]
+    prompt, template_stops = template_prompt(messages)
+    options = _sampling(body, defaults, "max_output_tokens")
+    options = options.model_copy(update={"stop": tuple(dict.fromkeys(template_stops + options.stop))})
+    return ParsedRequest(
+        prompt,
+        mode,
+        options,
+        stream=bool(body.get("stream")),
+        fills_context=fills_context and body.get("max_output_tokens") is None,
+        include_stop=_flag(body, "include_stop_str_in_output"),
+    )
+
+
+# OpenAI's roles; `developer` is what newer clients send for `system`.
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+# Text parts of a message's content: chat's, and the Responses API's input and output text.
+_TEXT_PARTS = ("text", "input_text", "output_text")
+
+
+def _messages(messages: Any, name: str) -> list[dict[str, str]]:
+    """OpenAI's messages (the list in `name`) as role and text; content may be a string or a list
+    of text parts."""
     if not isinstance(messages, list) or not messages:
-        raise ApiError(
-            400, "'messages' must be a non-empty list of {role, content} objects", param="messages"
-        )
+        raise ApiError(400, f"'{name}' must be a non-empty list of {{role, content}} objects", param=name)
     checked = []
     for index, message in enumerate(messages):
-        where = f"messages[{index}]"
-        if not isinstance(message, dict) or message.get("role") not in _ROLES:
+        where = f"{name}[{index}]"
+        if not isinstance(message, dict) or message.get("type", "message") != "message":
+            raise ApiError(400, f"{where} must be a message: {{role, content}}", param=where)
+        if message.get("role") not in _ROLES:
             raise ApiError(400, f"{where} must have a 'role' of {', '.join(_ROLES)}", param=where)
         content = message.get("content")
         if isinstance(content, list) and all(
-            isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+            isinstance(part, dict) and part.get("type") in _TEXT_PARTS and isinstance(part.get("text"), str)
             for part in content
         ):
             content = "".join(part["text"] for part in content)
         if not isinstance(content, str):
             raise ApiError(400, f"{where}.content must be text (a string or text parts)", param=where)
-        checked.append({"role": message["role"], "content": content})
+        checked.append({"role": _ROLES[message["role"]], "content": content})
     if checked[-1]["role"] == "assistant":
-        raise ApiError(400, "the last message must be the user's (or the system's): the model replies to it")
+        raise ApiError(
+            400, "the last message must be the user's (or the system's): the model replies to it", param=name
+        )
     return checked
 
 
@@ -241,7 +376,6 @@ def generate_request(body: Any, defaults: Settings, vocab_size: int) -> ParsedRe
         stream=bool(body.get("stream")),
         inspect_cache="ends" if inspect is True else inspect or None,
         top_logprobs=_top_logprobs(body.get("top_logprobs"), "top_logprobs"),
-        step_events=bool(body.get("stream")),
     )
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -28,6 +28,7 @@ from gencli.generation import (
     Cancellation,
     TextCallbackStreamer,
     build_stopping_criteria,
+    check_token_ids,
     encode_prompt,
     finish_reason,
     logprob_record,
@@ -40,10 +41,8 @@ from gencli.padding import position_ids
 from gencli.prefix import CachedPrefix
 from gencli.results import GenerationResult, Timings
 from gencli.sampling import build_logits_processors, select_next_token
+from gencli.server.jobs import Job
 from gencli.threads import adapt_threads
-
-if TYPE_CHECKING:
-    from gencli.server.worker import Job
 
 BATCHED_MODES = ("kv-cache", "scratch")
 MAX_BATCH = 8  # rows decoded together; more wait in the queue
@@ -69,6 +68,7 @@ class Row:
         request = job.request
         options = request.options
         self.loaded, self.job = loaded, job
+        check_token_ids(loaded, options)
         self.prompt_ids = encode_prompt(loaded, request.prompt, options.max_new_tokens)
         self.sequence = torch.tensor([self.prompt_ids], device=loaded.device)  # [1, prompt + chosen]
         self.stopping = build_stopping_criteria(loaded, len(self.prompt_ids), options)
@@ -81,7 +81,7 @@ class Row:
         self.generator = None
         if options.samples:
             self.generator = torch.Generator(device=loaded.device).manual_seed(self.seed)
-        self.text = TextCallbackStreamer(loaded.tokenizer, job.send)
+        self.text = TextCallbackStreamer(loaded.tokenizer, job.send, options.skip_special_tokens)
         self.new_ids: list[int] = []
         self.logprobs: list[dict[str, Any]] | None = None if request.top_logprobs is None else []
         self.started = time.perf_counter()
@@ -115,9 +115,8 @@ class Row:
         loaded, request = self.loaded, self.job.request
         reason = "interrupted" if self.cancel.fired or self.job.cancelled.is_set() else None
         if reason is None:
-            reason = finish_reason(
-                self.sequence, self.new_ids, stopping_eos(loaded, request.options), self.stopping
-            )
+            eos, stop_ids = stopping_eos(loaded, request.options), request.options.stop_token_ids
+            reason = finish_reason(self.sequence, self.new_ids, eos, self.stopping, stop_ids)
         timings = Timings.measured(self.prefill_s, self.token_times_s, loaded.load_s)
         return run_record(
             loaded,
@@ -128,6 +127,7 @@ class Row:
             reason,
             timings,
             self.seed,
+            request.options.skip_special_tokens,
             prompt_cache_tokens=self.reused,
             logprobs=self.logprobs,
         )

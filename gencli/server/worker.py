@@ -3,22 +3,19 @@ caches of recent prompts (`PrefixPool`) that later prompts starting the same way
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from gencli.errors import GencliError
 from gencli.generation import encode_prompt, generate_text
 from gencli.loading import LoadedModel
 from gencli.prefix import CachedPrefix, common_prefix_length
-from gencli.results import GenerationResult
 from gencli.scoring import prompt_logprobs, score_prompt
 from gencli.server.errors import ApiError
+from gencli.server.jobs import Inspection, Job
 from gencli.server.scheduler import batchable, run_batches
-from gencli.settings import DecodingOptions
 
 
 class PrefixPool:
@@ -48,84 +45,6 @@ def cache_entry_bytes(loaded: LoadedModel) -> int:
     """What one cache for the whole context takes: keys and values, every layer and position."""
     config = loaded.model.config
     return 2 * config.n_layer * config.n_embd * loaded.context_length * loaded.model.dtype.itemsize
-
-
-@dataclass(frozen=True)
-class ParsedRequest:
-    """A request's generation, checked: what the worker runs."""
-
-    prompt: str | list[int]
-    mode: str
-    options: DecodingOptions
-    stream: bool = False
-    inspect_cache: str | None = None
-    top_logprobs: int | None = None
-    include_usage: bool = False  # OpenAI's stream_options.include_usage
-    echo: bool = False  # OpenAI's echo: the prompt comes back before the completion, scored with logprobs
-    generates: bool = True  # False for max_tokens 0 with echo: the prompt is scored, nothing generated
-    n: int = 1  # choices per prompt in the request this choice belongs to
-    # /v1/generate streaming: each token's logprob record and cache snapshot go out as they are made.
-    step_events: bool = False
-
-
-@dataclass
-class Job:
-    """One request's generation, handed from the event loop to the worker thread."""
-
-    request: ParsedRequest
-    loop: asyncio.AbstractEventLoop
-    # Text as it is decoded; with `step_events`, also {"logprob": ...} and {"cache": ...}; None ends.
-    chunks: asyncio.Queue[str | dict[str, Any] | None] = field(default_factory=asyncio.Queue)
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    done: asyncio.Future[GenerationResult] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.done = self.loop.create_future()
-
-    def send(self, text: str | None) -> None:
-        self.loop.call_soon_threadsafe(self.chunks.put_nowait, text)
-
-    def send_step(self, kind: str, record: dict[str, Any]) -> None:
-        """A step event ("logprob", "cache"), where the request asked for them."""
-        if self.request.step_events:
-            self.loop.call_soon_threadsafe(self.chunks.put_nowait, {kind: record})
-
-    def finish(self, result: GenerationResult | None, problem: Exception | None = None) -> None:
-        self.send(None)
-        _settle(self.loop, self.done, result, problem)
-
-
-@dataclass
-class Inspection:
-    """Work on the model that is not a generation (an attention map, explain, a comparison of the
-    modes), run by the worker in queue order like a job."""
-
-    work: Callable[[], Any]
-    loop: asyncio.AbstractEventLoop
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    done: asyncio.Future[Any] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.done = self.loop.create_future()
-
-    def finish(self, result: Any, problem: Exception | None = None) -> None:
-        _settle(self.loop, self.done, result, problem)
-
-
-def _settle(
-    loop: asyncio.AbstractEventLoop, done: asyncio.Future, result: Any, problem: Exception | None
-) -> None:
-    """Give `done` its result or exception, from the worker thread, unless it already has one."""
-
-    def settle() -> None:
-        if done.done():
-            return
-        if problem is not None:
-            done.set_exception(problem)
-        else:
-            done.set_result(result)
-
-    loop.call_soon_threadsafe(settle)
 
 
 class Worker:

@@ -6,8 +6,8 @@ import asyncio
 import pytest
 
 from gencli.generation import generate_text
+from gencli.server.jobs import Job, ParsedRequest
 from gencli.server.scheduler import MAX_BATCH, Batch, run_batches
-from gencli.server.worker import Job, ParsedRequest
 from gencli.settings import DecodingOptions
 
 REQUESTS = [
