@@ -4,7 +4,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from gencli.catalog import bundled_model_dir
-from gencli.tokens import BUNDLED_TOKENIZER, TokenPiece, load_tokenizer, tokenize
+from gencli.tokens import BUNDLED_TOKENIZER, TokenPiece, TokenText, load_tokenizer, tokenize
 
 TEXTS = [
     "Hello world! The meaning of life is",
@@ -47,3 +47,21 @@ def test_a_character_split_across_tokens_shows_its_bytes():
         "bytes": [240, 159, 153, 130],
         "label": "🙂",
     }
+
+
+def test_streamed_text_holds_a_split_character_back_and_adds_up_to_the_decode():
+    import random
+
+    tokenizer = AutoTokenizer.from_pretrained(str(BUNDLED_TOKENIZER))
+    ids = tokenizer.encode(" a😀b")  # the emoji's four bytes take more than one token
+    streamed = TokenText(tokenizer)
+    pieces = [streamed.add(token) for token in ids]
+    assert pieces[0] == " a" and pieces[-1] == "b" and streamed.rest() == ""
+    assert [piece for piece in pieces[1:-1] if piece] == ["😀"] and "" in pieces
+    rng = random.Random(0)
+    for _ in range(200):  # any ids, special ones and broken characters included
+        ids = [rng.randrange(len(tokenizer)) for _ in range(rng.randrange(1, 30))]
+        for skip in (True, False):
+            streamed = TokenText(tokenizer, skip)
+            text = "".join(streamed.add(token) for token in ids) + streamed.rest()
+            assert text == tokenizer.decode(ids, skip_special_tokens=skip)

@@ -98,6 +98,8 @@ DECODING: OptionSet = (
     _setting(float, "top_p"),
     _setting(float, "repetition_penalty"),
     _setting(int, "no_repeat_ngram_size"),
+    _setting(float, "frequency_penalty"),
+    _setting(float, "presence_penalty"),
     _setting(int, "seed"),
     _setting(list[str], "stop", metavar="TEXT"),
     _setting(bool, "ignore_eos", "--ignore-eos/--stop-at-eos"),
@@ -111,7 +113,8 @@ DECODING: OptionSet = (
                 metavar="KEY VALUE",
                 help="Any other generation option gencli runs identically in every mode, e.g. "
                 "-o min_p 0.05 (also: min_new_tokens, typical_p, epsilon_cutoff, eta_cutoff, "
-                "suppress_tokens). Repeatable.",
+                "suppress_tokens, logit_bias '{\"50256\": -100}', stop_token_ids 13,198, "
+                "skip_special_tokens false). Repeatable.",
                 show_default=False,
             ),
         ],
