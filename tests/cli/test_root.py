@@ -63,7 +63,7 @@ def complete(words: str, index: int) -> list[str]:
 
 def test_shell_completion_of_commands_options_presets_and_models():
     assert complete("gencli gen", 1) == ["generate"]
-    assert complete("gencli generate --pre", 2) == ["--preset"]
+    assert complete("gencli generate --pre", 2) == ["--presence-penalty", "--preset"]
     assert complete("gencli generate --preset ", 3) == ["creative", "default", "focused"]
     assert "demo" in complete("gencli generate -m ", 3)
 
