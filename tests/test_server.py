@@ -746,19 +746,19 @@ def test_a_prompt_that_fills_the_context_is_the_prompts_fault(tiny, served):
 
 
 def test_each_request_leaves_an_access_line_on_stderr(served):
-    httpx.post(
-        served.url + "/v1/completions",
-        json={"prompt": "Access line", "max_tokens": 3},
-        headers=headers(served),
-        timeout=60,
-    )
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and not any("Access" in line for line in served.log):
-        time.sleep(0.05)
-    lines = [
-        line for line in served.log if '"POST /v1/completions" 200 · 2 prompt + 3 completion tokens' in line
-    ]
-    assert lines and lines[-1].startswith("gencli: 127.0.0.1:") and lines[-1].rstrip().endswith(" s")
+    wanted = '"POST /v1/completions" 200 · 2 prompt + 3 completion tokens · '
+
+    def lines():
+        return [line for line in served.log if wanted in line]
+
+    before = len(lines())
+    body = {"prompt": "Access line", "max_tokens": 3}
+    httpx.post(served.url + "/v1/completions", json=body, headers=headers(served), timeout=60)
+    deadline = time.monotonic() + 5  # written once the answer has gone out
+    while time.monotonic() < deadline and len(lines()) == before:
+        time.sleep(0.02)
+    assert len(lines()) == before + 1
+    assert lines()[-1].startswith("gencli: 127.0.0.1:") and lines()[-1].rstrip().endswith(" s")
 
 
 def test_a_storm_of_clients_waits_its_turn_and_every_answer_is_whole(demo_server):
