@@ -161,7 +161,7 @@ def _sampling(body: dict[str, Any], defaults: DecodingOptions, length: str = "ma
     for name, (neutral, why) in _OPENAI_REFUSED.items():
         if body.get(name) not in (None, neutral):
             raise ApiError(400, f"'{name}' = {body[name]!r} is not supported: {why}", param=name)
-    fields = {**{key: setting for key, setting in _FIELD_TO_SETTING.items() if key != "max_tokens"}}
+    fields = {key: setting for key, setting in _FIELD_TO_SETTING.items() if key != "max_tokens"}
     fields[length] = "max_new_tokens"
     values = {setting: body[key] for key, setting in fields.items() if body.get(key) is not None}
     if values.get("top_k") == -1:  # vLLM's spelling of "every token"
