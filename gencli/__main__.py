@@ -1,3 +1,3 @@
-from gencli.cli import main
+from gencli.launch import main
 
 main()

@@ -269,10 +269,39 @@ class Settings(DecodingOptions):
         "on stderr) instead of failing.",
     )
     log: bool = _setting(True, "must be true or false", "Append every run to the history (gencli logs).")
+    keep_alive: str = _setting(
+        "0",
+        "must be a duration: seconds, or a number with s, m or h (300, 30s, 5m, 1h); 0 turns it off",
+        "Keep the model loaded in a background gencli for this long after a call, and answer later "
+        "calls with the same model and load settings through it (as ollama's keep_alive); 0 is off.",
+    )
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = f"{value:g}"
+        if isinstance(value, str) and duration_seconds(value) is None:
+            raise ValueError("not a duration")
+        return value
 
     @property
     def decoding(self) -> DecodingOptions:
         return DecodingOptions(**{key: getattr(self, key) for key in DECODING_KEYS})
+
+
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration_seconds(text: str) -> float | None:
+    """`300`, `30s`, `5m`, `1.5h` in seconds; None for anything else."""
+    number = text.strip().rstrip("smh")
+    unit = text.strip()[len(number) :]
+    try:
+        seconds = float(number) * _DURATION_UNITS[unit]
+    except (ValueError, KeyError):
+        return None
+    return seconds if seconds >= 0 and seconds != float("inf") else None
 
 
 DECODING_KEYS: tuple[str, ...] = tuple(DecodingOptions.model_fields)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -43,15 +45,19 @@ def save_tiny_model(folder: Path, with_tokenizer: bool = True, seed: int = 0, **
 
 
 @pytest.fixture(autouse=True)
-def user_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own empty config and data directories and no GENCLI_* variables, so
-    neither the developer's settings nor the history leak in or out."""
+def user_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Every test gets its own empty config, data and runtime directories and no GENCLI_*
+    variables, so neither the developer's settings, the history nor warm processes leak in or out.
+    (The runtime folder is short: a Unix socket's path may not be longer than 107 bytes.)"""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "user-config"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "user-data"))
+    runtime = Path(tempfile.mkdtemp(prefix="gencli-run-"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
     for name in os.environ:
         if name.startswith("GENCLI_"):
             monkeypatch.delenv(name)
-    return tmp_path
+    yield tmp_path
+    shutil.rmtree(runtime, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

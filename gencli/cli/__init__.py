@@ -18,6 +18,7 @@ from gencli.cli import (
     explain,
     explore,
     generate,
+    keep_alive,
     logs,
     models,
     perplexity,
@@ -75,6 +76,8 @@ for command in (
     models.models,
     models.pull,
     models.show,
+    keep_alive.ps,
+    keep_alive.stop,
     logs.logs,
 ):
     app.command(cls=GencliCommand)(command)

@@ -8,7 +8,9 @@ from typing import Annotated, Any
 import typer
 
 from gencli.cli.edge import load, startup_status
+from gencli.cli.keep_alive import through_warm_process
 from gencli.cli.options import (
+    KEEP_ALIVE,
     MODEL,
     SOURCES,
     HeadOption,
@@ -22,7 +24,7 @@ from gencli.cli.options import (
 )
 
 
-@with_options(MODEL, SOURCES)
+@with_options(MODEL, SOURCES, KEEP_ALIVE)
 def attention(
     prompt: PromptArgument = None,
     file: PromptFileOption = None,
@@ -42,6 +44,7 @@ def attention(
     prompts show their last tokens, as many as fit the terminal; --png draws them all. --json
     prints the token ids and labels and every row's weights over the keys up to it (6 decimals).
     """
+    through_warm_process(flags)
     settings, text = inspection_inputs(prompt, file, flags, token_ids)
     with startup_status("starting") as step:
         loaded = load(settings, step)

@@ -9,9 +9,11 @@ from typing import Annotated, Any
 import typer
 
 from gencli.cli.edge import load_with_settings, notice, resolve_with_checkpoint, startup_status
+from gencli.cli.keep_alive import through_warm_process
 from gencli.cli.options import (
     DECODING,
     DTYPE,
+    KEEP_ALIVE,
     MODE,
     MODEL,
     SOURCES,
@@ -24,7 +26,7 @@ from gencli.errors import GencliError
 from gencli.settings import resolve
 
 
-@with_options(MODE, DECODING, MODEL, DTYPE, SOURCES)
+@with_options(MODE, DECODING, MODEL, DTYPE, SOURCES, KEEP_ALIVE)
 def batch(
     input_path: Annotated[
         Path,
@@ -74,6 +76,8 @@ def batch(
     stream, so they differ from single runs with the same seed. Records go to stdout (or
     --output), the progress bar to stderr.
     """
+    # Ray's workers load their own models.
+    through_warm_process(flags, stays_here=on_ray or ray_address is not None)
     layers = command_line_layers(flags)
     if batch_size < 1:
         raise GencliError(f"--batch-size must be at least 1, got {batch_size}")

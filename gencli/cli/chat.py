@@ -15,9 +15,11 @@ from typing import Annotated, Any
 import typer
 
 from gencli.cli.edge import EXIT_INTERRUPTED, error, load_with_settings, notice, startup_status, terminated
+from gencli.cli.keep_alive import through_warm_process
 from gencli.cli.options import (
     DECODING,
     DTYPE,
+    KEEP_ALIVE,
     MODE,
     MODEL,
     SOURCES,
@@ -226,7 +228,7 @@ def _interactive(repl: Repl) -> None:
                 return
 
 
-@with_options(MODE, DECODING, MODEL, DTYPE, SOURCES)
+@with_options(MODE, DECODING, MODEL, DTYPE, SOURCES, KEEP_ALIVE)
 def chat(
     prompt: Annotated[
         str | None, typer.Argument(help="A first entry, sent before any other.", metavar="[PROMPT]")
@@ -254,6 +256,8 @@ def chat(
     with line editing and history; otherwise each stdin line is a turn (or a /command), replies
     go to stdout, and --json prints one record per turn. Modes: kv-cache, scratch, generate.
     """
+    # A session on a terminal stays here: its line editing needs the terminal itself.
+    through_warm_process(flags, stays_here=sys.stdin is not None and sys.stdin.isatty())
     if raw and template is not None:
         raise GencliError("--raw and --template both say how entries join; give one of them")
     layers = command_line_layers(flags)

@@ -7,9 +7,11 @@ from typing import Annotated, Any
 import typer
 
 from gencli.cli.edge import EXIT_INTERRUPTED, load_with_settings, startup_status
+from gencli.cli.keep_alive import through_warm_process
 from gencli.cli.options import (
     DECODING,
     DTYPE,
+    KEEP_ALIVE,
     MODEL,
     SOURCES,
     ArchOption,
@@ -27,7 +29,7 @@ from gencli.errors import GencliError
 from gencli.settings import check_prompt
 
 
-@with_options(DECODING, MODEL, DTYPE, SOURCES)
+@with_options(DECODING, MODEL, DTYPE, SOURCES, KEEP_ALIVE)
 def compare(
     prompt: PromptArgument = None,
     file: PromptFileOption = None,
@@ -51,6 +53,7 @@ def compare(
     position, the two competing tokens and their logit margin there: a margin near 0 is a
     near-tie that float rounding can flip, a large one is a bug. Exits 1 when modes disagree.
     """
+    through_warm_process(flags)
     layers = command_line_layers(flags)
     text = read_prompt(prompt, file)
     check_prompt(text)

@@ -28,6 +28,66 @@ if TYPE_CHECKING:
 EXIT_INTERRUPTED = 130
 # When the command started, for the total time in the stats line (imports of the CLI excluded).
 STARTED = time.perf_counter()
+# The command line the group was given (what --keep-alive hands to the warm process).
+_INVOCATION: list[str] = []
+
+
+def since_start() -> float:
+    return time.perf_counter() - STARTED
+
+
+def invocation() -> list[str]:
+    return list(_INVOCATION)
+
+
+def new_call() -> None:
+    """A call in the warm process starts afresh: its clock, no SIGTERM seen yet, and in its
+    start-up until that ends."""
+    global STARTED
+    STARTED = time.perf_counter()
+    _terminated.clear()
+    with _start_up.lock:
+        _start_up.starting, _start_up.deferred = True, None
+
+
+class _StartUp:
+    """In the warm process, whether a call is still starting, and a signal it got meanwhile."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.starting = False
+        self.deferred: int | None = None
+
+
+_start_up = _StartUp()
+
+
+def interrupt_call(number: int) -> None:
+    """A caller's Ctrl-C or SIGTERM, in the warm process (from its reader thread): delivered to
+    the command at once, or, while the call is still starting (importing, loading: a signal then
+    could leave a module half imported in a process that lives on), when its start-up ends."""
+    with _start_up.lock:
+        if _start_up.starting:
+            _start_up.deferred = number
+            return
+    signal.pthread_kill(threading.main_thread().ident, number)
+
+
+def end_of_start_up() -> None:
+    """The command's start-up is over: from now on Ctrl-C stops the work and keeps what it made
+    (KeyboardInterrupt), where until now it ended the process at once (gencli/__init__.py). In
+    the warm process, a signal deferred meanwhile is raised now."""
+    from gencli import quit_while_starting
+
+    if signal.getsignal(signal.SIGINT) is quit_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    with _start_up.lock:
+        deferred, _start_up.deferred, _start_up.starting = _start_up.deferred, None, False
+    if deferred == signal.SIGTERM:
+        _terminated.set()
+        raise Terminated
+    if deferred is not None:
+        raise KeyboardInterrupt
 
 
 # Every character str.splitlines() breaks at: a file name or value holding one must not split a message.
@@ -58,6 +118,8 @@ class GencliGroup(typer.core.TyperGroup):
     """Turns every user mistake into one line on stderr and an exit code, never a traceback."""
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        given = args[0] if args else kwargs.get("args")
+        _INVOCATION[:] = sys.argv[1:] if given is None else list(given)
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
         except GencliError as problem:
@@ -212,26 +274,47 @@ class StartupStatus:
 
 @contextlib.contextmanager
 def startup_status(first_step: str) -> Iterator[Callable[[str], None]]:
-    """The spinner for the block; yields `step(text)`. Cleared when the block ends, however."""
+    """The spinner for the block, the command's start-up; yields `step(text)`. Cleared when the
+    block ends, however, and the start-up is then over (`end_of_start_up`)."""
     status = StartupStatus()
     status.step(first_step)
     try:
         yield status.step
     finally:
         status.stop()
+        end_of_start_up()
+
+
+# In the warm process (--keep-alive), the models loaded so far, by what loaded them; None elsewhere.
+_LOADED: dict[tuple[str, ...], LoadedModel] | None = None
+
+
+def keep_models_loaded() -> None:
+    """From now on, a model once loaded stays loaded for later calls (the warm process)."""
+    global _LOADED
+    _LOADED = {}
 
 
 def load(settings: Settings, step: Callable[[str], None], arch: str | None = None) -> LoadedModel:
     """Load the model the settings name (or `arch` with random weights), naming each step on the
     start-up status; tell when the demo model stands in."""
-    step("importing torch and transformers")
-    from gencli.loading import load_model, random_model
+    model = str(Path(settings.model).resolve()) if Path(settings.model).is_dir() else settings.model
+    key = (model, settings.device, settings.dtype, str(settings.fallback), settings.quantize)
+    if arch is None and _LOADED is not None and key in _LOADED:
+        loaded = _LOADED[key]
+    else:
+        step("importing torch and transformers")
+        from gencli.loading import load_model, random_model
 
-    if arch is not None:
-        step(f"building {arch} with random weights")
-        return random_model(arch, settings.device, settings.dtype, quantize=settings.quantize)
-    step(f"loading model {settings.model}")
-    loaded = load_model(settings.model, settings.device, settings.dtype, settings.fallback, settings.quantize)
+        if arch is not None:
+            step(f"building {arch} with random weights")
+            return random_model(arch, settings.device, settings.dtype, quantize=settings.quantize)
+        step(f"loading model {settings.model}")
+        loaded = load_model(
+            settings.model, settings.device, settings.dtype, settings.fallback, settings.quantize
+        )
+        if _LOADED is not None:
+            _LOADED[key] = loaded
     for message in loaded.notices:
         notice(message)
     return loaded

@@ -8,7 +8,9 @@ from typing import Annotated, Any
 import typer
 
 from gencli.cli.edge import load, startup_status
+from gencli.cli.keep_alive import through_warm_process
 from gencli.cli.options import (
+    KEEP_ALIVE,
     MODEL,
     SOURCES,
     HeadOption,
@@ -23,7 +25,7 @@ from gencli.cli.options import (
 from gencli.errors import GencliError
 
 
-@with_options(MODEL, SOURCES)
+@with_options(MODEL, SOURCES, KEEP_ALIVE)
 def explain(
     prompt: PromptArgument = None,
     file: PromptFileOption = None,
@@ -52,6 +54,7 @@ def explain(
 
     Example: gencli explain "The cat sat on the mat" --layer 2 --head 1
     """
+    through_warm_process(flags)
     from gencli.render.console import print_json, stdout_console
     from gencli.render.explain import print_explanation, print_worked_example
 

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from gencli.cli.edge import EXIT_INTERRUPTED, STARTED, load_with_settings, notice, startup_status
+from gencli.cli.edge import (
+    EXIT_INTERRUPTED,
+    end_of_start_up,
+    load_with_settings,
+    notice,
+    since_start,
+    startup_status,
+)
+from gencli.cli.keep_alive import through_warm_process
 from gencli.cli.options import (
     DECODING,
     DTYPE,
+    KEEP_ALIVE,
     LOG,
     MODE,
     MODEL,
@@ -34,7 +42,7 @@ if TYPE_CHECKING:
     from gencli.results import GenerationResult
 
 
-@with_options(MODE, DECODING, MODEL, DTYPE, SOURCES, LOG)
+@with_options(MODE, DECODING, MODEL, DTYPE, SOURCES, LOG, KEEP_ALIVE)
 def generate(
     prompt: PromptArgument = None,
     file: PromptFileOption = None,
@@ -94,6 +102,7 @@ def generate(
     the hand-written loops use Hugging Face's logits processors and the same sampling call
     as model.generate. With --sample, a run without --seed picks a random seed (shown in --json).
     """
+    through_warm_process(flags, stays_here=server is not None)
     layers = command_line_layers(flags)
     text = read_prompt(prompt, file)
     check_prompt(text)
@@ -169,7 +178,7 @@ def report(
     from gencli.render.console import print_json, stderr_console
     from gencli.render.stats import print_logprobs, print_stats
 
-    result.timings.total_s = time.perf_counter() - STARTED
+    result.timings.total_s = since_start()
     if as_json:
         print_json(result.to_dict())
     else:
@@ -207,6 +216,8 @@ def generate_remote(
     from gencli.client import generate_remote as post
     from gencli.render.text import TextWriter
     from gencli.results import GenerationResult
+
+    end_of_start_up()  # nothing to load here: Ctrl-C from now on keeps the text the server sent
 
     resolved = resolve(layers)
     payload: dict[str, Any] = {

@@ -148,6 +148,7 @@ SOURCES: OptionSet = (
     ),
 )
 LOG: OptionSet = (_setting(bool, "log", "--log/--no-log"),)
+KEEP_ALIVE: OptionSet = (_setting(str, "keep_alive", "--keep-alive", metavar="DURATION"),)
 
 
 def with_options(*sets: OptionSet) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

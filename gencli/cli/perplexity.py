@@ -8,8 +8,10 @@ from typing import Annotated, Any
 import typer
 
 from gencli.cli.edge import EXIT_INTERRUPTED, load, startup_status
+from gencli.cli.keep_alive import through_warm_process
 from gencli.cli.options import (
     DTYPE,
+    KEEP_ALIVE,
     MODEL,
     SOURCES,
     JsonOption,
@@ -21,7 +23,7 @@ from gencli.errors import GencliError
 from gencli.settings import resolve
 
 
-@with_options(MODEL, DTYPE, SOURCES)
+@with_options(MODEL, DTYPE, SOURCES, KEEP_ALIVE)
 def perplexity(
     file: Annotated[
         Path,
@@ -51,6 +53,7 @@ def perplexity(
 
         gencli perplexity book.txt --model demo --quantize int8
     """
+    through_warm_process(flags)
     try:
         text = read_stdin() if str(file) == "-" else file.read_text("utf-8")
     except (OSError, UnicodeDecodeError) as problem:

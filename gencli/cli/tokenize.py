@@ -8,7 +8,9 @@ from typing import Annotated, Any
 import typer
 
 from gencli.cli.edge import notice, startup_status
+from gencli.cli.keep_alive import through_warm_process
 from gencli.cli.options import (
+    KEEP_ALIVE,
     MODEL,
     SOURCES,
     JsonOption,
@@ -33,7 +35,7 @@ def _tokenizer(settings: Settings) -> tuple[Any, str]:
     return tokenizer, name
 
 
-@with_options(MODEL, SOURCES)
+@with_options(MODEL, SOURCES, KEEP_ALIVE)
 def tokenize(
     text: PromptArgument = None,
     file: PromptFileOption = None,
@@ -43,6 +45,7 @@ def tokenize(
 ) -> None:
     """Show how TEXT becomes tokens: each token's id and the text it stands for (spaces as ·,
     bytes of a character split across tokens as \\xNN), then the count."""
+    through_warm_process(flags)
     settings = resolve(command_line_layers(flags)).settings
     text = read_prompt(text, file)
     check_prompt(text)
@@ -61,7 +64,7 @@ def tokenize(
         print_tokens(pieces, stdout_console())
 
 
-@with_options(MODEL, SOURCES)
+@with_options(MODEL, SOURCES, KEEP_ALIVE)
 def detokenize(
     token_ids: Annotated[
         list[int], typer.Argument(help="Token ids, as tokenize --ids prints them.", metavar="IDS...")
@@ -70,6 +73,7 @@ def detokenize(
     flags: dict[str, Any] | None = None,
 ) -> None:
     """Turn token ids back into text."""
+    through_warm_process(flags)
     settings = resolve(command_line_layers(flags)).settings
     with startup_status("loading the tokenizer"):
         tokenizer, name = _tokenizer(settings)

@@ -7,11 +7,20 @@ from typing import Annotated, Any
 import typer
 
 from gencli.cli.edge import load, startup_status
-from gencli.cli.options import MODEL, SOURCES, ArchOption, JsonOption, command_line_layers, with_options
+from gencli.cli.keep_alive import through_warm_process
+from gencli.cli.options import (
+    KEEP_ALIVE,
+    MODEL,
+    SOURCES,
+    ArchOption,
+    JsonOption,
+    command_line_layers,
+    with_options,
+)
 from gencli.settings import check_prompt, resolve
 
 
-@with_options(MODEL, SOURCES)
+@with_options(MODEL, SOURCES, KEEP_ALIVE)
 def verify(
     prompts: Annotated[
         list[str] | None,
@@ -27,6 +36,7 @@ def verify(
     skipped); (c) incremental decoding with a cache; (d) end-to-end logits and 32 greedy tokens.
     Exits 1 if any check fails.
     """
+    through_warm_process(flags)
     settings = resolve(command_line_layers(flags)).settings.model_copy(update={"dtype": "float32"})
     for prompt in prompts or []:
         check_prompt(prompt)
