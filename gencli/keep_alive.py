@@ -374,6 +374,7 @@ class _Connection:
         self.stdin_read, self.stdin_write = os.pipe()
         self.stdin_asked = False
         self.interrupt = interrupt
+        self.finished = False
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
@@ -400,12 +401,15 @@ class _Connection:
                 problem = json.loads(payload)
                 self.failures[problem["fd"]] = OSError(problem["errno"], problem["strerror"])
         self._end_stdin()
+        if not self.finished:  # the caller is gone (killed): its command need not go on
+            self.interrupt(signal.SIGINT)
 
     def _end_stdin(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self.stdin_write)
 
     def close(self) -> None:
+        self.finished = True
         self._end_stdin()
         with contextlib.suppress(OSError):
             os.close(self.stdin_read)
@@ -525,7 +529,8 @@ class WarmServer:
             while not self.stopping:
                 call = self._next_call()
                 if call is not None:
-                    self._run(*call)
+                    with contextlib.suppress(KeyboardInterrupt):  # a signal that came as the call ended
+                        self._run(*call)
         finally:
             listener.close()
             with contextlib.suppress(FileNotFoundError):
@@ -552,7 +557,9 @@ class WarmServer:
                 connection, _ = listener.accept()
             except OSError:
                 return
+            connection.settimeout(10)  # a caller says what it wants at once
             frame = receive(connection)
+            connection.settimeout(None)
             if frame is None:
                 connection.close()
             elif frame[0] == RUN:
@@ -595,7 +602,11 @@ class WarmServer:
                 code = self.run(caller.argv)
         except KeyboardInterrupt:  # a signal that came after the command's own handling ended
             code = 130
+        except Exception as problem:  # the call's fault (its folder is gone, ...), not the process's
+            message = f"gencli: error: the warm gencli could not run the call: {problem}\n"
+            link.send(OUTPUT, b"\x02" + message.encode())
         finally:
+            link.finished = True  # from here on, the caller leaving is no interruption
             if code is None:
                 link.send(DECLINED)
             else:

@@ -143,9 +143,21 @@ def load_model(
     With `fallback`, a hub model that cannot be had (not cached, hub unreachable) is replaced by
     the bundled demo model, and a notice says so. `quantize="int8"`: weight-only int8 projections.
     """
+    quiet_libraries()
+    return load_from_folder(*runnable_folder(name, fallback), device, dtype, quantize)
+
+
+def load_from_folder(
+    name: str,
+    folder: Path,
+    notice: str | None,
+    device: str = "auto",
+    dtype: str = "auto",
+    quantize: Quantization = "none",
+) -> LoadedModel:
+    """Load the model `gencli.hub.runnable_folder` found (its name, folder and notice)."""
     started = time.perf_counter()
     quiet_libraries()
-    name, folder, notice = runnable_folder(name, fallback)
     torch_device = resolve_device(device)
     config = load_config(name, folder)
     try:

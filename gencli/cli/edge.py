@@ -302,17 +302,23 @@ def load(settings: Settings, step: Callable[[str], None], arch: str | None = Non
     key = (model, settings.device, settings.dtype, str(settings.fallback), settings.quantize)
     if arch is None and _LOADED is not None and key in _LOADED:
         loaded = _LOADED[key]
-    else:
+    elif arch is not None:
         step("importing torch and transformers")
-        from gencli.loading import load_model, random_model
+        from gencli.loading import random_model
 
-        if arch is not None:
-            step(f"building {arch} with random weights")
-            return random_model(arch, settings.device, settings.dtype, quantize=settings.quantize)
+        step(f"building {arch} with random weights")
+        return random_model(arch, settings.device, settings.dtype, quantize=settings.quantize)
+    else:
+        from gencli.hub import quiet_libraries, runnable_folder
+
+        # Where the model is, or why it cannot be had, is known without torch: say it at once.
+        quiet_libraries()
+        found = runnable_folder(settings.model, settings.fallback)
+        step("importing torch and transformers")
+        from gencli.loading import load_from_folder
+
         step(f"loading model {settings.model}")
-        loaded = load_model(
-            settings.model, settings.device, settings.dtype, settings.fallback, settings.quantize
-        )
+        loaded = load_from_folder(*found, settings.device, settings.dtype, settings.quantize)
         if _LOADED is not None:
             _LOADED[key] = loaded
     for message in loaded.notices:

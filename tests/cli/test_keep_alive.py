@@ -139,6 +139,17 @@ def test_ctrl_c_stops_a_warm_generation_and_keeps_its_text(tiny_model_dir, warm_
     stdout, stderr = call.communicate(timeout=60)
     assert call.returncode == 130 and stdout and "(interrupted)" in stderr and "Traceback" not in stderr
     assert processes(warm_env)  # the warm process goes on
+    killed = subprocess.Popen(
+        [*argv, "--ignore-eos", "--mode", "greedy"],
+        stdout=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        env=warm_env,
+    )
+    time.sleep(1.5)
+    killed.kill()  # a caller that cannot say goodbye: its call is stopped, not run to its end
+    started = time.perf_counter()
+    assert run("generate", "Hi", "-m", tiny_model_dir, "-n", 1, env=warm_env).returncode == 0
+    assert time.perf_counter() - started < 5
 
 
 def test_ps_and_stop(tiny_model_dir, warm_env):
