@@ -261,11 +261,17 @@ def test_ctrl_c_while_starting_exits_130_without_a_traceback(tiny_model_dir, int
 def test_the_warm_process_takes_only_its_own_calls(tiny_model_dir, warm_env):
     run("generate", "Hi", "-m", tiny_model_dir, "-n", 1, env=warm_env)  # warm
     (before,) = processes(warm_env)
-    cold = run("generate", "Hi", "-m", tiny_model_dir, "-n", 3, "--keep-alive", "0", env=warm_env)
+    # Without a keep-alive the warm process declines the call, which then runs in its own process
+    # (here it stops early: no prompt file).
+    missing = Path(tempfile.mkdtemp()) / "missing.txt"
+    cold = run("generate", "-f", missing, "-m", tiny_model_dir, "--keep-alive", "0", env=warm_env)
     chat = run("chat", "-m", tiny_model_dir, "-n", 4, "-q", env=warm_env, input="Good morning.\n")
     (after,) = processes(warm_env)
-    assert cold.returncode == chat.returncode == 0 and "load " in cold.stderr
-    assert after["calls"] == before["calls"] + 1  # the piped chat; the call without keep-alive ran here
+    assert cold.returncode == 2 and cold.stderr.startswith(
+        f"gencli: error: cannot read the prompt file {missing}"
+    )
+    assert chat.returncode == 0
+    assert after["calls"] == before["calls"] + 1  # the piped chat only
     here = CliRunner().invoke(
         app, ["chat", "-m", str(tiny_model_dir), "-n", "4", "-q"], input="Good morning.\n"
     )
