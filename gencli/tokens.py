@@ -57,16 +57,78 @@ def load_tokenizer(folder: Path, vocab_size: int | None = None) -> Any:
 def model_tokenizer(name: str, fallback: bool = False) -> tuple[Any, str, str | None]:
     """(the tokenizer of model `name`, the model it belongs to, a notice or None), loading no
     weights. A model here uses its own files; GPT-2's hub models use the bundled tokenizer, which
-    is theirs byte for byte; any other is fetched, or with `fallback` the demo model stands in."""
-    from transformers import AutoTokenizer
-
+    is theirs byte for byte; any other is fetched, or with `fallback` the demo model stands in.
+    A byte-level BPE tokenizer is read with the `tokenizers` library alone (`FastTokenizer`):
+    importing transformers would cost seconds."""
     from gencli.catalog import locate_model
     from gencli.hub import runnable_folder
 
     if name in GPT2_TOKENIZER_MODELS and locate_model(name) is None:
-        return AutoTokenizer.from_pretrained(str(BUNDLED_TOKENIZER)), name, None
+        return FastTokenizer.read(Path(str(BUNDLED_TOKENIZER))), name, None
     name, folder, notice = runnable_folder(name, fallback)
-    return load_tokenizer(folder), name, notice
+    return FastTokenizer.read(folder) or load_tokenizer(folder), name, notice
+
+
+class FastTokenizer:
+    """A byte-level BPE tokenizer (GPT-2's, the demo model's) read with the `tokenizers` library,
+    the one transformers' own tokenizers run on, without transformers itself: what `tokenize` and
+    `detokenize` call (encode, decode, token strings, length) gives transformers' results."""
+
+    def __init__(self, backend: Any):
+        self.backend = backend
+
+    @classmethod
+    def read(cls, folder: Path) -> FastTokenizer | None:
+        """The folder's tokenizer: its tokenizer.json, or GPT-2's vocab.json and merges.txt built
+        as transformers' GPT2Tokenizer builds them; None for any other kind."""
+        import json
+
+        from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+        if (folder / "tokenizer.json").exists():
+            return cls(Tokenizer.from_file(str(folder / "tokenizer.json")))
+        config_path = folder / "tokenizer_config.json"
+        if (
+            not (folder / "vocab.json").exists()
+            or not (folder / "merges.txt").exists()
+            or not config_path.exists()
+        ):
+            return None
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        if config.get("tokenizer_class") not in ("GPT2Tokenizer", "GPT2TokenizerFast"):
+            return None
+        vocab, merges = models.BPE.read_file(str(folder / "vocab.json"), str(folder / "merges.txt"))
+        backend = Tokenizer(
+            models.BPE(
+                vocab=vocab,
+                merges=merges,
+                dropout=None,
+                continuing_subword_prefix="",
+                end_of_word_suffix="",
+                fuse_unk=False,
+            )
+        )
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(
+            add_prefix_space=bool(config.get("add_prefix_space"))
+        )
+        backend.decoder = decoders.ByteLevel()
+        specials = {
+            config[key] for key in ("bos_token", "eos_token", "unk_token") if isinstance(config.get(key), str)
+        }
+        backend.add_special_tokens([AddedToken(token, special=True) for token in sorted(specials)])
+        return cls(backend)
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def convert_ids_to_tokens(self, token_id: int) -> str | None:
+        return self.backend.id_to_token(token_id)
+
+    def __len__(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
 
 
 @cache

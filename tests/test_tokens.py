@@ -4,7 +4,14 @@ import pytest
 from transformers import AutoTokenizer
 
 from gencli.catalog import bundled_model_dir
-from gencli.tokens import BUNDLED_TOKENIZER, TokenPiece, TokenText, load_tokenizer, tokenize
+from gencli.tokens import (
+    BUNDLED_TOKENIZER,
+    FastTokenizer,
+    TokenPiece,
+    TokenText,
+    load_tokenizer,
+    tokenize,
+)
 
 TEXTS = [
     "Hello world! The meaning of life is",
@@ -65,3 +72,26 @@ def test_streamed_text_holds_a_split_character_back_and_adds_up_to_the_decode():
             streamed = TokenText(tokenizer, skip)
             text = "".join(streamed.add(token) for token in ids) + streamed.rest()
             assert text == tokenizer.decode(ids, skip_special_tokens=skip)
+
+
+def test_the_tokenizers_library_alone_gives_transformers_results(tokenizer):
+    """What `tokenize` and `detokenize` read without transformers equals transformers' tokenizer:
+    ids of book text and odd text, decoded random ids (special ones included) and token strings."""
+    import random
+    from pathlib import Path
+
+    folder = Path(str(BUNDLED_TOKENIZER)) if len(tokenizer) == 50257 else bundled_model_dir()
+    fast = FastTokenizer.read(folder)
+    assert len(fast) == len(tokenizer)
+    rng = random.Random(0)
+    source = Path(__file__).read_text(encoding="utf-8")  # text with code, quotes, newlines, indents
+    samples = [*TEXTS, "a <|endoftext|> b", "  two spaces", "", source]
+    for text in samples:
+        assert fast.encode(text) == tokenizer.encode(text, add_special_tokens=False)
+    for _ in range(200):
+        ids = [rng.randrange(len(tokenizer)) for _ in range(rng.randrange(1, 30))] + [len(tokenizer) - 1]
+        for skip in (True, False):
+            assert fast.decode(ids, skip_special_tokens=skip) == tokenizer.decode(
+                ids, skip_special_tokens=skip
+            )
+        assert [fast.convert_ids_to_tokens(token) for token in ids] == tokenizer.convert_ids_to_tokens(ids)
