@@ -91,6 +91,8 @@ def decode_batch(loaded: LoadedModel, items: list[BatchItem], job: BatchJob) -> 
         }
         if result.logprobs is not None:
             record["logprobs"] = result.logprobs
+        if result.constraint is not None:
+            record["constraint"] = result.constraint
         records.append(record)
     return records
 

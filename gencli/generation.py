@@ -23,6 +23,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from gencli import prompt_cache as prompt_cache_files
 from gencli.cache import CacheSnapshot, snapshot_cache
+from gencli.constraints import CompiledConstraint, constraint_kind
 from gencli.engines import DecodeRequest
 from gencli.errors import GencliError
 from gencli.loading import LoadedModel
@@ -186,13 +187,20 @@ class TokenIdOutOfVocabularyError(GencliError):
         )
 
 
-def check_token_ids(loaded: LoadedModel, options: DecodingOptions) -> None:
-    """Refuse a logit bias on a token the model lacks before a run starts: Hugging Face's bias
-    processor would fail at the first step. (Suppressed and stop ids past it are never chosen.)"""
+def prepare_options(loaded: LoadedModel, options: DecodingOptions) -> CompiledConstraint | None:
+    """What a run's options need checked against the model before it starts: a logit bias on a
+    token the model lacks is refused (Hugging Face's bias processor would fail at the first step;
+    suppressed and stop ids past the vocabulary are never chosen), and the answer's shape, if any,
+    is compiled (ConstraintError for one that cannot be)."""
     vocab_size = loaded.model.config.vocab_size
     for token in options.logit_bias:
         if token >= vocab_size:
             raise TokenIdOutOfVocabularyError("logit_bias", token, vocab_size)
+    if constraint_kind(options) is None:
+        return None
+    from gencli.constraints import compile_constraint
+
+    return compile_constraint(options, loaded.tokenizer, vocab_size, loaded.eos_token_id)
 
 
 class ContextOverflowError(GencliError):
@@ -268,11 +276,16 @@ def run_record(
     reason: FinishReason,
     timings: Timings,
     seed: int | None,
-    skip_special_tokens: bool = True,
+    options: DecodingOptions | None = None,
     **fields: Any,
 ) -> GenerationResult:
     """The record of one run, as every path that generates (or scores a prompt) returns it;
-    `fields`: the optional parts (logprobs, cache snapshots, prompt-cache reuse)."""
+    `options`: the run's (how its text is written, what shaped it); `fields`: the optional parts
+    (logprobs, cache snapshots, prompt-cache reuse)."""
+    skip_special_tokens = options is None or options.skip_special_tokens
+    kind = None if options is None else constraint_kind(options)
+    if kind is not None:  # complete only where the shape let the answer end
+        fields["constraint"] = {"kind": kind, "complete": reason == "eos"}
     return GenerationResult(
         mode=mode,
         model=loaded.name,
@@ -317,7 +330,7 @@ def generate_text(
     hands its scores over at the end); `on_snapshot` hears each cache snapshot as it is taken."""
     engine = loaded.engine(mode)
     adapt_threads()  # between runs too: generate mode's loop is Hugging Face's
-    check_token_ids(loaded, options)
+    constraint = prepare_options(loaded, options)
     prompt_ids = encode_prompt(loaded, prompt, options.max_new_tokens)
     input_ids = torch.tensor([prompt_ids], device=loaded.device)
     stopping = build_stopping_criteria(loaded, len(prompt_ids), options)
@@ -372,6 +385,7 @@ def generate_text(
         streamer=streamer,
         cache=cache,
         on_scores=on_scores if logprobs is not None else None,
+        constraint=constraint,
     )
 
     def result(reason: FinishReason | None) -> GenerationResult:
@@ -405,7 +419,7 @@ def generate_text(
             reason,
             timings,
             seed,
-            options.skip_special_tokens,
+            options,
             cache_snapshots=snapshots,
             prompt_cache_tokens=reused,
             logprobs=None if logprobs is None else logprobs[: len(new_ids)],
@@ -433,7 +447,7 @@ def generate_batch(
     Greedy results equal `generate_text` on each prompt alone, in every mode; sampling draws
     from one random stream for the whole batch, so it differs from single runs with the seed."""
     engine = loaded.engine(mode)
-    check_token_ids(loaded, options)
+    constraint = prepare_options(loaded, options)
     rows = [encode_prompt(loaded, prompt, options.max_new_tokens) for prompt in prompts]
     input_ids, attention_mask = left_pad(rows, pad_token_id(loaded.tokenizer), loaded.device)
     width = input_ids.shape[1]
@@ -458,6 +472,7 @@ def generate_batch(
         cache=cache,
         on_scores=on_scores if top_logprobs is not None else None,
         attention_mask=attention_mask if bool((attention_mask == 0).any()) else None,
+        constraint=constraint,
     )
     sequences = engine.decode(request).cpu()
 
@@ -477,7 +492,7 @@ def generate_batch(
                 reason,
                 Timings.measured(None, [], loaded.load_s),
                 seed,
-                options.skip_special_tokens,
+                options,
                 logprobs=None if top_logprobs is None else logprobs[row][:count],
             )
         )

@@ -71,6 +71,9 @@ class GenerationResult:
     # With a scored prompt (the server's `echo` with `logprobs`): per prompt token the same record,
     # under the raw model; the first token's logprob is None.
     prompt_logprobs: list[dict[str, Any]] | None = None
+    # With a shaped answer (structured output): {"kind": the setting, "complete": whether the
+    # answer ended where its shape is complete (not cut off by the length or a stop)}.
+    constraint: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GenerationResult:
@@ -92,6 +95,7 @@ class GenerationResult:
             prompt_cache_tokens=data.get("prompt_cache_tokens", 0),
             logprobs=data.get("logprobs"),
             prompt_logprobs=data.get("prompt_logprobs"),
+            constraint=data.get("constraint"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,6 +118,8 @@ class GenerationResult:
             result["logprobs"] = self.logprobs
         if self.prompt_logprobs is not None:
             result["prompt_logprobs"] = self.prompt_logprobs
+        if self.constraint is not None:
+            result["constraint"] = self.constraint
         if self.cache_snapshots is not None:
             final = self.cache_snapshots[-1] if self.cache_snapshots else None
             result["cache"] = [layer.to_dict() for layer in final.layers] if final else []

@@ -11,7 +11,7 @@ modes produce the same tokens.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import (
@@ -32,6 +32,9 @@ from transformers import (
 )
 
 from gencli.settings import DecodingOptions
+
+if TYPE_CHECKING:
+    from gencli.constraints import CompiledConstraint
 
 
 class NoRepeatNGramAfterPadding(NoRepeatNGramLogitsProcessor):
@@ -77,14 +80,20 @@ def logit_bias_pairs(options: DecodingOptions) -> list[list[list[int] | float]] 
     return [[[token], bias] for token, bias in options.logit_bias.items()] or None
 
 
-def processors_generate_lacks(options: DecodingOptions, prompt_length: int) -> LogitsProcessorList:
-    """The processors `generate` cannot build from its own options; it runs them after its own and
-    before the sampling warpers, where `build_logits_processors` puts them too."""
+def processors_generate_lacks(
+    options: DecodingOptions, prompt_length: int, constraint: CompiledConstraint | None = None
+) -> LogitsProcessorList:
+    """The processors `generate` cannot build from its own options: OpenAI's penalties, then the
+    answer's shape (`constraint`, gencli.constraints). It runs them after its own and before the
+    sampling warpers, where `build_logits_processors` puts them too, so that top-k and top-p
+    choose among the tokens the shape allows."""
     processors = LogitsProcessorList()
     if options.frequency_penalty or options.presence_penalty:
         processors.append(
             FrequencyPresencePenalty(options.frequency_penalty, options.presence_penalty, prompt_length)
         )
+    if constraint is not None:
+        processors.append(constraint.processor(prompt_length))
     return processors
 
 
@@ -94,6 +103,7 @@ def build_logits_processors(
     eos_token_id: int | None,
     padding_lengths: torch.Tensor | None = None,
     device: torch.device | str = "cpu",
+    constraint: CompiledConstraint | None = None,
 ) -> LogitsProcessorList:
     """The processors `generate` builds for `options`, in its order.
 
@@ -101,7 +111,7 @@ def build_logits_processors(
     frequency and presence penalties skip; `eos_token_id`: the end-of-text token that
     `min_new_tokens` holds back with the `stop_token_ids` (None: nothing stops at EOS);
     `padding_lengths` ([batch]): left-padding tokens per row, which the repetition penalty and
-    the n-gram rule must ignore."""
+    the n-gram rule must ignore; `constraint`: the answer's shape, compiled."""
     processors = LogitsProcessorList()
     if options.logit_bias:
         processors.append(SequenceBiasLogitsProcessor(logit_bias_pairs(options)))
@@ -124,7 +134,7 @@ def build_logits_processors(
         )
     if options.suppress_tokens:
         processors.append(SuppressTokensLogitsProcessor(list(options.suppress_tokens), device=device))
-    processors.extend(processors_generate_lacks(options, prompt_length))
+    processors.extend(processors_generate_lacks(options, prompt_length, constraint))
     if options.samples:
         if options.temperature != 1.0:
             processors.append(TemperatureLogitsWarper(float(options.temperature)))

@@ -165,6 +165,26 @@ class DecodingOptions(BaseModel):
         "Leave special tokens (<|endoftext|>) out of the text; false writes them (the token ids are "
         "the same either way).",
     )
+    # Structured output (gencli.constraints): at most one of these shapes the answer.
+    choice: tuple[str, ...] = _setting(
+        (),
+        "must be a list of non-empty strings",
+        "Answer with exactly one of these strings (--choice yes --choice no).",
+    )
+    regex: str | None = _setting(
+        None, "must be a regular expression", "Answer with text this regular expression matches whole."
+    )
+    json_schema: str | None = _setting(
+        None,
+        "must be a JSON schema: a JSON object (text, a TOML table, or with --json-schema a file)",
+        "Answer with one JSON document that this JSON schema validates (a file, or the JSON inline).",
+    )
+    json_object: bool = _setting(False, "must be true or false", "Answer with one JSON object.")
+    grammar: str | None = _setting(
+        None,
+        "must be a Lark grammar (text, or with --grammar a file)",
+        "Answer with text this Lark grammar derives (llguidance's dialect; a file, or the text).",
+    )
 
     @field_validator("temperature")
     @classmethod
@@ -197,6 +217,39 @@ class DecodingOptions(BaseModel):
                 raise ValueError("token ids must be integers in [0, 2**63)")
             return tuple(value)
         return value
+
+    @field_validator("choice", mode="before")
+    @classmethod
+    def _choices(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = (value,)
+        if isinstance(value, list | tuple):
+            if not all(isinstance(item, str) and item for item in value):
+                raise ValueError("choices must be non-empty strings")
+            return tuple(value)
+        return value
+
+    @field_validator("regex", "grammar", mode="before")
+    @classmethod
+    def _some_text(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value:
+            raise ValueError("empty")
+        return value
+
+    @field_validator("json_schema", mode="before")
+    @classmethod
+    def _schema(cls, value: Any) -> Any:
+        """A schema as compact JSON text, whether it came as text or as a table (TOML, JSONL)."""
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ValueError("not JSON") from None
+        if isinstance(value, dict):
+            return json.dumps(value, ensure_ascii=False)
+        if value is None:
+            return value
+        raise ValueError("not a JSON object")
 
     @field_validator("logit_bias", mode="before")
     @classmethod

@@ -1,6 +1,7 @@
 """`gencli serve` over HTTP: the OpenAI client, gencli's own endpoint, prefix reuse, load, faults."""
 
 import json
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -789,3 +790,100 @@ def test_a_storm_of_clients_waits_its_turn_and_every_answer_is_whole(demo_server
         answers = [answer for answers in pool.map(session, range(40)) for answer in answers]
     assert [status for status, _ in answers] == [200] * 120
     assert all(whole for _, whole in answers)
+
+
+# --- Structured output: response_format, structured_outputs, text.format -----------------------
+
+
+def test_openai_parse_returns_the_parsed_object(tiny, client):
+    from typing import Literal
+
+    from pydantic import BaseModel
+
+    class Verdict(BaseModel):
+        answer: Literal["yes", "no"]
+        sure: bool
+
+    reply = client.chat.completions.parse(
+        model=tiny.name,
+        messages=[{"role": "user", "content": "Is it?"}],
+        response_format=Verdict,
+        max_tokens=40,  # the served fixture's default is 8 tokens
+    )
+    assert isinstance(reply.choices[0].message.parsed, Verdict)
+    response = client.responses.parse(
+        model=tiny.name, input="Is it?", text_format=Verdict, max_output_tokens=40
+    )
+    assert isinstance(response.output_parsed, Verdict)
+
+
+def test_json_object_and_structured_outputs_on_completions(tiny, client):
+    shaped = client.chat.completions.create(
+        model=tiny.name,
+        messages=[{"role": "user", "content": "Data?"}],
+        response_format={"type": "json_object"},
+        max_tokens=40,
+        temperature=0,
+        logit_bias={"92": 8},  # a random model rarely closes a free object: make `}` likely
+    )
+    assert isinstance(json.loads(shaped.choices[0].message.content), dict)
+    chosen = client.completions.create(
+        model=tiny.name, prompt="Pick:", extra_body={"structured_outputs": {"choice": ["red", "blue"]}}
+    )
+    assert chosen.choices[0].text in ("red", "blue") and chosen.choices[0].finish_reason == "stop"
+    matched = client.completions.create(
+        model=tiny.name, prompt="Code:", extra_body={"structured_outputs": {"regex": "[A-Z]{2}[0-9]{3}"}}
+    )
+    assert re.fullmatch("[A-Z]{2}[0-9]{3}", matched.choices[0].text)
+
+
+def test_batched_requests_each_keep_their_own_shape(tiny, served):
+    shapes = [
+        {"structured_outputs": {"choice": ["alpha", "beta", "gamma"]}},
+        {"structured_outputs": {"regex": "[0-9]{3}-[a-z]{2}"}},
+        {"response_format": {"type": "json_schema", "json_schema": {"schema": {"enum": ["x", "y"]}}}},
+        {},
+    ]
+    settings = [
+        {"choice": ("alpha", "beta", "gamma")},
+        {"regex": "[0-9]{3}-[a-z]{2}"},
+        {"json_schema": '{"enum": ["x", "y"]}'},
+        {},
+    ]
+
+    def ask(shape):
+        body = {"prompt": "It is a truth", "max_tokens": 12, "temperature": 0, **shape}
+        return httpx.post(served.url + "/v1/completions", json=body, headers=headers(served), timeout=60)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:  # decoded together
+        answers = list(pool.map(ask, shapes))
+    for shape, setting, answer in zip(shapes, settings, answers, strict=True):
+        alone = local(tiny, "It is a truth", max_new_tokens=12, **setting)
+        assert answer.json()["choices"][0]["text"] == alone.text, shape
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "fragment"),
+    [
+        ({"structured_outputs": {"regex": "[0-9"}}, "structured_outputs", "unclosed character class"),
+        ({"structured_outputs": {"choice": []}}, "structured_outputs", "non-empty list of strings"),
+        ({"structured_outputs": {"regex": "a", "choice": ["b"]}}, "structured_outputs", "with one of"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"schema": {"$ref": "#/x"}}}},
+            "response_format",
+            "json_schema cannot shape",
+        ),
+        (
+            {"response_format": {"type": "xml"}},
+            "response_format",
+            "'type' of text, json_object or json_schema",
+        ),
+    ],
+)
+def test_what_cannot_shape_an_answer_is_a_400_naming_the_field(served, body, param, fragment):
+    answer = httpx.post(
+        served.url + "/v1/completions", json={"prompt": "Hi", **body}, headers=headers(served), timeout=60
+    )
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["param"] == param and fragment in error["message"], error

@@ -103,6 +103,11 @@ DECODING: OptionSet = (
     _setting(int, "seed"),
     _setting(list[str], "stop", metavar="TEXT"),
     _setting(bool, "ignore_eos", "--ignore-eos/--stop-at-eos"),
+    _setting(list[str], "choice", metavar="TEXT"),
+    _setting(str, "regex", metavar="PATTERN"),
+    _setting(str, "json_schema", metavar="FILE|JSON"),
+    _setting(bool, "json_object", "--json-object"),
+    _setting(str, "grammar", metavar="FILE|LARK"),
     _parameter(
         "option",
         Annotated[
@@ -188,6 +193,8 @@ def command_line_layers(flags: dict[str, Any]) -> list[Layer]:
         for key, value in flags.items()
         if key not in ("option", "config", "preset") and value is not None
     }
+    for key in FILE_OR_TEXT & given.keys():
+        given[key] = file_or_text(given[key], flag_name(key))
     for key in options.keys() & given.keys():
         raise GencliError(f"{flag_name(key)} and -o {key} both set {key!r}; give one of them")
     command_line = [
@@ -195,6 +202,19 @@ def command_line_layers(flags: dict[str, Any]) -> list[Layer]:
         Layer(check_values(given, name=flag_name), flag_name),
     ]
     return gather_layers(config=flags.get("config"), preset=flags.get("preset"), command_line=command_line)
+
+
+# Flags that take a file's contents, or the text itself (a schema written inline).
+FILE_OR_TEXT = {"json_schema", "grammar"}
+
+
+def file_or_text(value: str, flag: str) -> str:
+    """The contents of the file `value` names, or `value` itself when it names none."""
+    path = Path(value)
+    try:
+        return path.read_text(encoding="utf-8") if path.is_file() else value
+    except (OSError, UnicodeDecodeError) as problem:
+        raise GencliError(f"cannot read {flag} {value}: {problem}; check the path") from None
 
 
 def read_prompt(argument: str | None, file: Path | None) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from transformers import LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteriaList
@@ -15,6 +15,9 @@ from gencli.padding import pad_token_id, padding_lengths, position_ids
 from gencli.sampling import build_logits_processors, end_token_ids, select_next_token
 from gencli.settings import DecodingOptions
 from gencli.threads import adapt_threads
+
+if TYPE_CHECKING:
+    from gencli.constraints import CompiledConstraint
 
 
 @dataclass
@@ -37,6 +40,8 @@ class DecodeRequest:
     on_scores: Callable[[torch.Tensor, torch.Tensor], None] | None = None
     # [batch, width] of 1 (token) / 0 (left padding) when the prompts have different lengths.
     attention_mask: torch.Tensor | None = None
+    # The answer's shape (structured output), compiled; None for a free answer.
+    constraint: CompiledConstraint | None = None
 
     @property
     def padding_lengths(self) -> torch.Tensor | None:
@@ -50,6 +55,7 @@ class DecodeRequest:
             self.eos_token_id,
             padding_lengths=self.padding_lengths,
             device=self.input_ids.device,
+            constraint=self.constraint,
         )
 
     @property

@@ -42,7 +42,7 @@ class HFGenerateEngine(Engine):
         processors = (
             request.logits_processors()
             if padded
-            else processors_generate_lacks(request.options, input_ids.shape[1])
+            else processors_generate_lacks(request.options, input_ids.shape[1], request.constraint)
         )
         with torch.inference_mode():
             output = self.model.generate(

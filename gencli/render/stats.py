@@ -26,9 +26,19 @@ def print_stats(result: GenerationResult, console: Console) -> None:
         f"{plural(len(result.token_ids), 'new token')} ({result.finish_reason}) · "
         f"prefill {format_seconds(timings.prefill_s)} · first token {format_seconds(timings.ttft_s)} · "
         f"decode {speed} · load {format_seconds(timings.load_s)} · "
-        f"total {format_seconds(timings.total_s)} · {result.device} {result.weights}[/dim]",
+        f"total {format_seconds(timings.total_s)} · {result.device} {result.weights}"
+        f"{constraint_note(result)}[/dim]",
         soft_wrap=True,
     )
+
+
+def constraint_note(result: GenerationResult) -> str:
+    """How the answer was shaped, and whether it got to the end of its shape: an answer cut off
+    by the length (or a stop) is not claimed to fit."""
+    if result.constraint is None:
+        return ""
+    state = "complete" if result.constraint["complete"] else f"INCOMPLETE ({result.finish_reason})"
+    return f" · shaped by {result.constraint['kind']}: {state}"
 
 
 def print_turn_stats(turn: ChatTurn, console: Console) -> None:

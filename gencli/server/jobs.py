@@ -30,6 +30,7 @@ class ParsedRequest:
     # OpenAI's chat and responses routes without a length: generate up to the end of the context.
     fills_context: bool = False
     include_stop: bool = False  # vLLM's include_stop_str_in_output: the stop string stays in the text
+    shaped_by: str | None = None  # the request field that shapes the answer (response_format, ...)
 
 
 @dataclass

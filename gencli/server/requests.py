@@ -38,7 +38,16 @@ _FIELD_TO_SETTING = {
     "skip_special_tokens": "skip_special_tokens",
     "no_repeat_ngram_size": "no_repeat_ngram_size",  # gencli's own
 }
-_OPENAI_ACCEPTED = {"model", "stream", "stream_options", "user", "n", "include_stop_str_in_output"}
+_OPENAI_ACCEPTED = {
+    "model",
+    "stream",
+    "stream_options",
+    "user",
+    "n",
+    "include_stop_str_in_output",
+    "response_format",
+    "structured_outputs",
+}
 _COMPLETION_ACCEPTED = {*_OPENAI_ACCEPTED, *_FIELD_TO_SETTING, "prompt", "logprobs", "echo"}
 _CHAT_ACCEPTED = {
     *_OPENAI_ACCEPTED,
@@ -172,6 +181,51 @@ def _sampling(body: dict[str, Any], defaults: DecodingOptions, length: str = "ma
     return defaults.model_copy(update=_checked(values, lambda key: named.get(key, key)))
 
 
+# vLLM's structured_outputs keys, and the setting each sets.
+_STRUCTURED_OUTPUTS = {"json": "json_schema", "regex": "regex", "choice": "choice", "grammar": "grammar"}
+
+
+def _shape(body: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The answer's shape a request asks for, as settings, and the field that asked: OpenAI's
+    `response_format` (json_object, json_schema) or vLLM's `structured_outputs` (json, regex,
+    choice, grammar)."""
+    response_format, structured = body.get("response_format"), body.get("structured_outputs")
+    field = "structured_outputs"
+    if response_format is not None and structured is not None:
+        raise ApiError(400, "give response_format or structured_outputs, not both", param=field)
+    if response_format is not None:
+        return _checked_shape(_response_format(response_format, "response_format"), "response_format")
+    if structured is None:
+        return {}, None
+    if not isinstance(structured, dict) or len(structured) != 1 or set(structured) - set(_STRUCTURED_OUTPUTS):
+        kinds = ", ".join(_STRUCTURED_OUTPUTS)
+        raise ApiError(400, f"'{field}' must be an object with one of {kinds}", param=field)
+    ((key, value),) = structured.items()
+    if key == "choice" and not (isinstance(value, list) and value):
+        raise ApiError(400, f"'{field}.choice' must be a non-empty list of strings", param=field)
+    return _checked_shape({_STRUCTURED_OUTPUTS[key]: value}, field)
+
+
+def _response_format(value: Any, name: str) -> dict[str, Any]:
+    """OpenAI's {"type": "text" | "json_object" | "json_schema", ...}: chat's and completions'
+    `response_format`, the Responses API's `text.format` (its schema beside `type`)."""
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "text":
+        return {}
+    if kind == "json_object":
+        return {"json_object": True}
+    if kind == "json_schema":
+        spec = value.get("json_schema", value)  # chat nests the schema; the Responses API does not
+        if isinstance(spec, dict) and isinstance(spec.get("schema"), dict):
+            return {"json_schema": spec["schema"]}
+        raise ApiError(400, f"'{name}' of type json_schema needs its schema as an object", param=name)
+    raise ApiError(400, f"'{name}' must have a 'type' of text, json_object or json_schema", param=name)
+
+
+def _checked_shape(values: dict[str, Any], field: str) -> tuple[dict[str, Any], str | None]:
+    return (_checked(values, lambda key: field), field) if values else ({}, None)
+
+
 def _one_per_choice(
     prompts: list[str | list[int]], n: int, options: DecodingOptions, **fields: Any
 ) -> list[ParsedRequest]:
@@ -207,6 +261,8 @@ def completion_request(
     options = _sampling(
         {key: value for key, value in body.items() if generates or key != "max_tokens"}, defaults
     )
+    shape, shaped_by = _shape(body)
+    options = options.model_copy(update=shape)
     prompts = _prompts(body, vocab_size)
     return _one_per_choice(
         prompts,
@@ -219,6 +275,7 @@ def completion_request(
         echo=echo,
         generates=generates,
         include_stop=_flag(body, "include_stop_str_in_output"),
+        shaped_by=shaped_by,
     )
 
 
@@ -237,7 +294,9 @@ def chat_request(
         raise ApiError(400, "give 'max_tokens' or 'max_completion_tokens', not both", param="max_tokens")
     prompt, template_stops = template_prompt(_messages(body.get("messages"), "messages"))
     options = _sampling(body, defaults, length)
-    options = options.model_copy(update={"stop": tuple(dict.fromkeys(template_stops + options.stop))})
+    shape, shaped_by = _shape(body)
+    stops = tuple(dict.fromkeys(template_stops + options.stop))
+    options = options.model_copy(update={**shape, "stop": stops})
     wants_logprobs = _flag(body, "logprobs")
     top = _top_logprobs(body.get("top_logprobs"), "top_logprobs")
     if top is not None and not wants_logprobs:
@@ -252,6 +311,7 @@ def chat_request(
         include_usage=_stream_usage(body),
         fills_context=fills_context and body.get(length) is None,
         include_stop=_flag(body, "include_stop_str_in_output"),
+        shaped_by=shaped_by,
     )
 
 
@@ -267,6 +327,7 @@ _RESPONSES_ACCEPTED = {
     "user",
     "metadata",
     "include_stop_str_in_output",
+    "text",
 }
 _RESPONSES_NEUTRAL: dict[str, tuple[tuple[Any, ...], str]] = {
     "store": (
@@ -280,7 +341,6 @@ _RESPONSES_NEUTRAL: dict[str, tuple[tuple[Any, ...], str]] = {
     "tools": ((None, []), "gencli's models do not call tools"),
     "tool_choice": ((None, "auto", "none"), "gencli's models do not call tools"),
     "parallel_tool_calls": ((None, True, False), "gencli's models do not call tools"),
-    "text": ((None, {}, {"format": {"type": "text"}}), "only plain text output is supported"),
     "truncation": ((None, "disabled"), "a conversation past the context is refused, never truncated"),
     "reasoning": ((None, {}), "gencli's models do not reason apart from their answer"),
     "include": ((None, []), "there is nothing more to include"),
@@ -310,7 +370,9 @@ def responses_request(
         messages = [{"role": "system", "content": instructions}, *messages]
     prompt, template_stops = template_prompt(messages)
     options = _sampling(body, defaults, "max_output_tokens")
-    options = options.model_copy(update={"stop": tuple(dict.fromkeys(template_stops + options.stop))})
+    shape, shaped_by = _text_format(body.get("text"))
+    stops = tuple(dict.fromkeys(template_stops + options.stop))
+    options = options.model_copy(update={**shape, "stop": stops})
     return ParsedRequest(
         prompt,
         mode,
@@ -318,7 +380,17 @@ def responses_request(
         stream=bool(body.get("stream")),
         fills_context=fills_context and body.get("max_output_tokens") is None,
         include_stop=_flag(body, "include_stop_str_in_output"),
+        shaped_by=shaped_by,
     )
+
+
+def _text_format(text: Any) -> tuple[dict[str, Any], str | None]:
+    """The Responses API's `text`: {"format": {"type": ..., "schema": ...}} shapes the answer."""
+    if text is None or text == {}:
+        return {}, None
+    if not isinstance(text, dict) or set(text) - {"format", "verbosity"} or "format" not in text:
+        raise ApiError(400, "'text' must be an object with a 'format'", param="text")
+    return _checked_shape(_response_format(text["format"], "text.format"), "text")
 
 
 # OpenAI's roles; `developer` is what newer clients send for `system`.

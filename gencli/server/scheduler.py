@@ -28,10 +28,10 @@ from gencli.generation import (
     Cancellation,
     TextCallbackStreamer,
     build_stopping_criteria,
-    check_token_ids,
     encode_prompt,
     finish_reason,
     logprob_record,
+    prepare_options,
     run_record,
     run_seed,
     stopping_eos,
@@ -68,14 +68,18 @@ class Row:
         request = job.request
         options = request.options
         self.loaded, self.job = loaded, job
-        check_token_ids(loaded, options)
+        constraint = prepare_options(loaded, options)
         self.prompt_ids = encode_prompt(loaded, request.prompt, options.max_new_tokens)
         self.sequence = torch.tensor([self.prompt_ids], device=loaded.device)  # [1, prompt + chosen]
         self.stopping = build_stopping_criteria(loaded, len(self.prompt_ids), options)
         self.cancel = Cancellation(job.cancelled.is_set)
         self.stopping.append(self.cancel)
         self.processors = build_logits_processors(
-            options, len(self.prompt_ids), stopping_eos(loaded, options), device=loaded.device
+            options,
+            len(self.prompt_ids),
+            stopping_eos(loaded, options),
+            device=loaded.device,
+            constraint=constraint,
         )
         self.seed = run_seed(options)
         self.generator = None
@@ -127,7 +131,7 @@ class Row:
             reason,
             timings,
             self.seed,
-            request.options.skip_special_tokens,
+            request.options,
             prompt_cache_tokens=self.reused,
             logprobs=self.logprobs,
         )

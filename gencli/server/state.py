@@ -17,12 +17,13 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from gencli.chat import chat_prompt
+from gencli.constraints import ConstraintError
 from gencli.errors import GencliError
 from gencli.generation import (
     ContextOverflowError,
     TokenIdOutOfVocabularyError,
-    check_token_ids,
     encode_prompt,
+    prepare_options,
 )
 from gencli.loading import LoadedModel
 from gencli.results import GenerationResult
@@ -103,7 +104,7 @@ class ServerState:
         given the length that fills the context."""
         options = choice.options
         try:
-            check_token_ids(self.prompt_checker, options)
+            prepare_options(self.prompt_checker, options)
             new_tokens = options.max_new_tokens if choice.generates and not choice.fills_context else 0
             prompt_ids = encode_prompt(self.prompt_checker, choice.prompt, new_tokens)
         except ContextOverflowError as problem:
@@ -112,6 +113,8 @@ class ServerState:
             raise ApiError(400, str(problem.worded(tokens_field)), param=param) from None
         except TokenIdOutOfVocabularyError as problem:
             raise ApiError(400, str(problem), param=problem.key) from None
+        except ConstraintError as problem:
+            raise ApiError(400, str(problem), param=choice.shaped_by or problem.key) from None
         except GencliError as problem:
             raise ApiError(400, str(problem), param=prompt_field) from None
         if not choice.fills_context:
