@@ -249,14 +249,28 @@ def token_entry(tokenizer: Any, token: int, logprob: float | None) -> dict[str, 
     }
 
 
-def logprob_record(tokenizer: Any, scores: torch.Tensor, token: int, count: int) -> dict[str, Any]:
+def logprob_record(
+    tokenizer: Any, scores: torch.Tensor, token: int, count: int, unshaped: torch.Tensor | None = None
+) -> dict[str, Any]:
     """`token`'s log-probability under `scores` ([vocab], what it was chosen from) and the `count`
-    most likely tokens with theirs, each with its text and bytes."""
+    most likely tokens with theirs, each with its text and bytes. With `unshaped` (the model's
+    logits, [vocab], where a structured-output shape ruled tokens out): how many tokens the
+    shaped scores allowed, and the model's own `count` most likely tokens, each marked allowed
+    or not."""
     chosen, top = token_logprobs(scores, token, count)
-    return {
+    record = {
         **token_entry(tokenizer, token, chosen),
         "top": [token_entry(tokenizer, other, value) for other, value in top],
     }
+    if unshaped is not None:
+        allowed = torch.isfinite(scores)
+        _, model_top = token_logprobs(unshaped, token, count)
+        record["allowed"] = int(allowed.sum())
+        record["unshaped"] = [
+            {**token_entry(tokenizer, other, value), "allowed": bool(allowed[other])}
+            for other, value in model_top
+        ]
+    return record
 
 
 def run_seed(options: DecodingOptions) -> int | None:
@@ -365,8 +379,9 @@ def generate_text(
 
     logprobs: list[dict[str, Any]] | None = None if top_logprobs is None else []
 
-    def on_scores(scores: torch.Tensor, tokens: torch.Tensor) -> None:
-        record = logprob_record(loaded.tokenizer, scores[0], int(tokens[0]), top_logprobs)
+    def on_scores(scores: torch.Tensor, tokens: torch.Tensor, logits: torch.Tensor) -> None:
+        unshaped = None if constraint is None else logits[0].float()
+        record = logprob_record(loaded.tokenizer, scores[0], int(tokens[0]), top_logprobs, unshaped)
         logprobs.append(record)
         if on_logprob is not None:
             on_logprob(record)
@@ -457,9 +472,11 @@ def generate_batch(
         torch.manual_seed(seed)
     logprobs: list[list[dict[str, Any]]] = [[] for _ in rows]
 
-    def on_scores(scores: torch.Tensor, tokens: torch.Tensor) -> None:
+    def on_scores(scores: torch.Tensor, tokens: torch.Tensor, logits: torch.Tensor) -> None:
         for row, records in enumerate(logprobs):
-            records.append(logprob_record(loaded.tokenizer, scores[row], int(tokens[row]), top_logprobs))
+            unshaped = None if constraint is None else logits[row].float()
+            record = logprob_record(loaded.tokenizer, scores[row], int(tokens[row]), top_logprobs, unshaped)
+            records.append(record)
 
     cache = engine.new_cache(width + options.max_new_tokens, batch=len(rows)) if engine.uses_cache else None
     request = DecodeRequest(

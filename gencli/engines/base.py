@@ -35,9 +35,10 @@ class DecodeRequest:
     streamer: BaseStreamer | None
     # The mode's KV cache; it may already hold a prefix of the prompt, which is then not run again.
     cache: Any
-    # Hears every step's processed scores ([batch, vocab]) and the tokens chosen from them
-    # ([batch]), when asked. Rows that have finished get scores too: ignore them.
-    on_scores: Callable[[torch.Tensor, torch.Tensor], None] | None = None
+    # Hears every step's processed scores ([batch, vocab]), the tokens chosen from them ([batch])
+    # and the model's own logits before any processor ([batch, vocab]), when asked. Rows that have
+    # finished get scores too: ignore them.
+    on_scores: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None
     # [batch, width] of 1 (token) / 0 (left padding) when the prompts have different lengths.
     attention_mask: torch.Tensor | None = None
     # The answer's shape (structured output), compiled; None for a free answer.
@@ -162,7 +163,7 @@ def decode_n_tokens(engine: StepEngine, request: DecodeRequest, logits: torch.Te
         scores = processors(sequence, logits.to(dtype=torch.float32))
         next_token = select_next_token(scores, request.options.samples)
         if request.on_scores is not None:
-            request.on_scores(scores, next_token)
+            request.on_scores(scores, next_token, logits)
         # A row that has finished only gets padding while the others go on, as in `generate`.
         next_token = torch.where(unfinished, next_token, request.pad_token_id)
         sequence = torch.cat([sequence, next_token[:, None]], dim=-1)

@@ -56,14 +56,16 @@ class HFGenerateEngine(Engine):
                 eos_token_id=request.end_token_ids or None,
                 pad_token_id=request.pad_token_id,
                 logits_processor=processors,
-                # generate keeps each step's processed scores, the ones it chose from, when asked.
+                # generate keeps each step's processed scores, the ones it chose from, and the
+                # model's own logits, when asked.
                 output_scores=wants_scores,
+                output_logits=wants_scores,
                 return_dict_in_generate=wants_scores,
                 **generate_kwargs(request.options, build_processors=not padded),
             )
         sequences = output.sequences if wants_scores else output
         if wants_scores:
             start = input_ids.shape[1]
-            for step, scores in enumerate(output.scores):
-                request.on_scores(scores, sequences[:, start + step])
+            for step, (scores, logits) in enumerate(zip(output.scores, output.logits, strict=True)):
+                request.on_scores(scores, sequences[:, start + step], logits)
         return sequences

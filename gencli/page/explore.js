@@ -57,7 +57,17 @@ function settings() {
   };
   if (temperature > 0) body.temperature = temperature;
   if (number("seed") !== null) body.seed = number("seed");
+  const shape = $("shape").value;
+  const shapeText = $("shape-text").value.trim();
+  if (shape === "choice") body.choice = shapeText.split("|").map((part) => part.trim()).filter(Boolean);
+  else if (shape === "json_object") body.json_object = true;
+  else if (shape) body[shape] = shapeText;  // regex, or the schema's JSON text
   return body;
+}
+
+// What a token looks like in the strip: a newline, a tab or a return would be a blank sliver.
+function visible(text) {
+  return text.replace(/\n/g, "⏎").replace(/\t/g, "⇥").replace(/\r/g, "␍");
 }
 
 // ---- Tokens -------------------------------------------------------------------------------
@@ -74,7 +84,8 @@ function addToken(text, index, step) {
   span.className = step ? "token" : "token prompt";
   span.tabIndex = 0;
   span.dataset.index = index;
-  span.textContent = text;
+  span.textContent = visible(text);
+  if (step && step.allowed !== undefined) span.dataset.allowed = step.allowed;
   if (step) {
     const probability = Math.exp(step.logprob);
     span.style.background = probabilityColour(step.logprob);
@@ -103,11 +114,15 @@ function showAlternatives(span) {
     const title = document.createElement("div");
     title.textContent = `token ${index}: chosen with p = ${Math.exp(step.logprob).toFixed(4)}`;
     const table = document.createElement("table");
-    for (const alternative of step.top) {
+    // With a shape, the model's own most likely tokens, those the shape ruled out greyed.
+    const shaped = step.unshaped !== undefined;
+    if (shaped) title.textContent += ` · the shape allowed ${step.allowed} tokens; the model's own choices:`;
+    for (const alternative of shaped ? step.unshaped : step.top) {
       const row = table.insertRow();
-      row.className = "alternative";
+      row.className = shaped && !alternative.allowed ? "alternative disallowed" : "alternative";
       row.insertCell().textContent = JSON.stringify(alternative.text);
       row.insertCell().textContent = Math.exp(alternative.logprob).toFixed(4);
+      if (shaped) row.insertCell().textContent = alternative.allowed ? "allowed" : "ruled out";
     }
     box.append(title, table);
   }
@@ -134,6 +149,9 @@ async function generate() {
   $("output").textContent = "";
   state.steps = [];
   state.cacheHistory = [];
+  state.attention = null;  // the last map and its read-out describe the previous sequence
+  $("heatmap").replaceChildren();
+  $("cell-info").textContent = CELL_INFO;
   renderCache(null);
   try {
     const tokenized = await (await api("/v1/tokenize", { prompt })).json();
@@ -168,7 +186,10 @@ function onEvent(event) {
     const result = event.result;
     const timings = result.timings;
     const speed = timings && timings.tokens_per_s ? ` · ${timings.tokens_per_s.toFixed(1)} tokens/s` : "";
-    setStatus(`${result.token_ids.length} tokens (${result.finish_reason}) in ${result.mode} mode${speed}`);
+    const shape = result.constraint
+      ? ` · shaped by ${result.constraint.kind}: ${result.constraint.complete ? "complete" : "INCOMPLETE"}`
+      : "";
+    setStatus(`${result.token_ids.length} tokens (${result.finish_reason}) in ${result.mode} mode${speed}${shape}`);
     if (!result.cache_snapshots || !result.cache_snapshots.length) renderCache(null, result.mode);
   } else if (event.error) {
     throw new Error(event.error.message);
@@ -303,6 +324,8 @@ function heatmapSvg(rows, size, labels) {
   });
   return svg;
 }
+
+const CELL_INFO = "Rows are queries, columns the keys they attend to.";
 
 // Up to this many tokens the map is SVG, a rect per cell; beyond, a canvas (1,024 tokens would
 // be a million rects).
@@ -481,8 +504,14 @@ async function start() {
   const initial = new URLSearchParams(window.location.search).get("prompt");
   if (initial) $("prompt").value = initial;
   $("settings").addEventListener("submit", (event) => { event.preventDefault(); generate(); });
+  // The browser's own check of a field (a negative temperature, 0 tokens) blocks a submit: say why.
+  $("settings").addEventListener("invalid", (event) => {
+    const label = event.target.closest("label");
+    const name = label ? label.firstChild.textContent.trim() : event.target.id;
+    setStatus(`${name}: ${event.target.validationMessage}`, true);
+  }, true);
   $("prompt").addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); generate(); }
+    if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); $("settings").requestSubmit(); }
   });
   document.addEventListener("keydown", (event) => { if (event.key === "Escape") stop(); });
   $("stop").addEventListener("click", stop);

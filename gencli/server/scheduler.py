@@ -69,6 +69,7 @@ class Row:
         options = request.options
         self.loaded, self.job = loaded, job
         constraint = prepare_options(loaded, options)
+        self.shaped = constraint is not None
         self.prompt_ids = encode_prompt(loaded, request.prompt, options.max_new_tokens)
         self.sequence = torch.tensor([self.prompt_ids], device=loaded.device)  # [1, prompt + chosen]
         self.stopping = build_stopping_criteria(loaded, len(self.prompt_ids), options)
@@ -106,7 +107,10 @@ class Row:
         token = select_next_token(scores, options.samples, self.generator)
         if self.logprobs is not None:
             count = self.job.request.top_logprobs
-            self.logprobs.append(logprob_record(self.loaded.tokenizer, scores[0], int(token[0]), count))
+            unshaped = logits[0].float() if self.shaped else None
+            self.logprobs.append(
+                logprob_record(self.loaded.tokenizer, scores[0], int(token[0]), count, unshaped)
+            )
             self.job.send_step("logprob", self.logprobs[-1])
         self.sequence = torch.cat([self.sequence, token[:, None]], dim=-1)
         self.new_ids.append(int(token[0]))

@@ -161,3 +161,41 @@ def test_a_long_sequence_is_drawn_on_a_canvas(explore: Page):
     height = canvas.bounding_box()["height"]
     canvas.hover(position={"x": 1, "y": height - 1})  # the last query's first key
     expect(explore.locator("#cell-info")).to_contain_text("query 145")
+
+
+def test_a_shaped_answer_shows_what_the_shape_allowed(explore: Page):
+    explore.fill("#prompt", "Pick one:")
+    explore.fill("#max-tokens", "24")
+    explore.select_option("#shape", "choice")
+    explore.fill("#shape-text", "red | green | blue")
+    explore.click("#generate")
+    expect(explore.locator("#status")).to_contain_text("shaped by choice: complete")
+    assert explore.inner_text("#output") in ("red", "green", "blue")
+    first = explore.locator(".token:not(.prompt) >> nth=0")
+    allowed = int(first.get_attribute("data-allowed"))
+    assert 3 <= allowed < 100  # the choices' first tokens, not the vocabulary
+    first.hover()
+    tooltip = explore.locator("#alternatives")
+    expect(tooltip).to_contain_text(f"the shape allowed {allowed} tokens")
+    expect(tooltip.locator("tr.disallowed").first).to_be_visible()  # the model's own choices, ruled out
+
+
+def test_newlines_are_shown_and_a_new_sequence_clears_the_old_map(explore: Page):
+    generate(explore, prompt="One\nTwo")
+    assert "⏎" in [explore.inner_text(f".token.prompt >> nth={n}") for n in range(3)]
+    explore.hover("#heatmap rect.cell >> nth=0")
+    expect(explore.locator("#cell-info")).to_contain_text("query 0")
+    expect(explore.locator(".axes .axis-x")).to_contain_text("keys")
+    expect(explore.locator(".axes .axis-y")).to_contain_text("queries")
+    explore.fill("#max-tokens", "1000")
+    explore.click("#generate")
+    expect(explore.locator("#cell-info")).to_have_text("Rows are queries, columns the keys they attend to.")
+    explore.keyboard.press("Escape")
+
+
+def test_a_field_the_browser_refuses_says_why(explore: Page):
+    generate(explore, tokens=2)
+    explore.fill("#temperature", "-1")
+    explore.click("#generate")
+    expect(explore.locator("#status")).to_contain_text("Temperature: ")
+    expect(explore.locator("#status")).to_have_class("error")
