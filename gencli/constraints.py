@@ -78,20 +78,21 @@ def grammar_text(options: DecodingOptions) -> str | None:
 JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 # A tokenizer as llguidance reads it takes a second or two to build (its own copy, then the token
-# tables its first mask builds): one per tokenizer, kept, and built before a run's clock starts.
-_TOKENIZERS: dict[int, tuple[Any, Any]] = {}
+# tables its first mask builds): one per tokenizer (by its files, its size and end token), kept,
+# and built before a run's clock starts.
+_TOKENIZERS: dict[tuple[Any, ...], Any] = {}
 
 
 def ll_tokenizer(tokenizer: Any, vocab_size: int, eos_token_id: int | None) -> Any:
-    key = id(tokenizer)
+    key = (tokenizer.name_or_path, len(tokenizer), vocab_size, eos_token_id)
     if key not in _TOKENIZERS:
         from llguidance.hf import from_tokenizer
 
         reader = from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=eos_token_id)
         first = _llguidance().LLMatcher(reader, _llguidance().LLMatcher.grammar_from_regex("a"))
         fill_mask(first, new_mask(1, reader.vocab_size), 0)
-        _TOKENIZERS[key] = (tokenizer, reader)
-    return _TOKENIZERS[key][1]
+        _TOKENIZERS[key] = reader
+    return _TOKENIZERS[key]
 
 
 @dataclass(frozen=True)

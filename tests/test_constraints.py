@@ -164,7 +164,7 @@ schemas = st.recursive(
 ).filter(lambda schema: schema.get("type") == "object")
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(regex=regexes, schema=schemas)
 def test_any_shape_gives_an_answer_that_fits_or_says_it_ran_out(demo, regex, schema):
     for fields, fits in (
