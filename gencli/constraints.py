@@ -59,8 +59,11 @@ def grammar_text(options: DecodingOptions) -> str | None:
     kind = constraint_kind(options)
     if kind is None:
         return None
-    if options.ignore_eos:
-        raise ConstraintError(kind, f"{kind} ends the answer where its shape is complete: drop ignore_eos")
+    for holding_the_end in ("ignore_eos", "min_new_tokens"):  # the end the shape needs, held back
+        if getattr(options, holding_the_end):
+            raise ConstraintError(
+                kind, f"{kind} ends the answer where its shape is complete: drop {holding_the_end}"
+            )
     matcher = _llguidance().LLMatcher
     if kind == "choice":
         return matcher.grammar_from_lark("start: " + " | ".join(json.dumps(text) for text in options.choice))

@@ -106,6 +106,7 @@ def test_top_logprobs_show_the_shaped_distribution(tiny):
         ({"grammar": "start: missing_rule"}, "grammar", "missing_rule"),
         ({"choice": ("a",), "regex": "b"}, "regex", "choice and regex each shape the answer; give one"),
         ({"regex": "a", "ignore_eos": True}, "regex", "drop ignore_eos"),
+        ({"json_object": True, "min_new_tokens": 3}, "json_object", "drop min_new_tokens"),
     ],
 )
 def test_what_cannot_shape_an_answer_is_refused_by_name(tiny, fields, key, fragment):
