@@ -41,11 +41,13 @@ class LayerCacheInfo:
 
 @dataclass(frozen=True)
 class CacheSnapshot:
-    """The cache as it stood when `new_tokens` tokens had been chosen (1 = right after prefill)."""
+    """The cache as it stood when `new_tokens` tokens had been chosen (1 = right after prefill);
+    `event` says what a speculative pass had just done to it (written, rolled back)."""
 
     new_tokens: int
     seq_len: int
     layers: tuple[LayerCacheInfo, ...]
+    event: str | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -62,11 +64,14 @@ class CacheSnapshot:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CacheSnapshot:
         layers = tuple(LayerCacheInfo.from_dict(layer) for layer in data["layers"])
-        return cls(new_tokens=data["new_tokens"], seq_len=data["seq_len"], layers=layers)
+        return cls(
+            new_tokens=data["new_tokens"], seq_len=data["seq_len"], layers=layers, event=data.get("event")
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "new_tokens": self.new_tokens,
+            **({} if self.event is None else {"event": self.event}),
             "seq_len": self.seq_len,
             "capacity": self.capacity,
             "used_bytes": self.used_bytes,
@@ -80,9 +85,11 @@ def _filled(shape: torch.Size, seq_len: int) -> tuple[int, ...]:
     return (batch, heads, seq_len, head_dim)
 
 
-def describe_cache(cache: Cache | ScratchCache) -> tuple[LayerCacheInfo, ...]:
-    """Per layer, for a growing (`DynamicCache`) or preallocated (`StaticCache`, scratch) cache."""
-    seq_len = int(cache.get_seq_length())
+def describe_cache(cache: Cache | ScratchCache, seq_len: int | None = None) -> tuple[LayerCacheInfo, ...]:
+    """Per layer, for a growing (`DynamicCache`) or preallocated (`StaticCache`, scratch) cache;
+    `seq_len`: the positions to describe as in use, where they differ from the fill mark (the
+    positions a speculative pass wrote, which a preallocated cache still holds after rolling back)."""
+    seq_len = int(cache.get_seq_length()) if seq_len is None else seq_len
     layers = []
     for index, layer in enumerate(cache.layers):
         keys, values = layer.keys, layer.values
@@ -103,9 +110,12 @@ def describe_cache(cache: Cache | ScratchCache) -> tuple[LayerCacheInfo, ...]:
     return tuple(layers)
 
 
-def snapshot_cache(cache: Cache | ScratchCache, new_tokens: int) -> CacheSnapshot:
+def snapshot_cache(
+    cache: Cache | ScratchCache, new_tokens: int, seq_len: int | None = None, event: str | None = None
+) -> CacheSnapshot:
+    seq_len = int(cache.get_seq_length()) if seq_len is None else seq_len
     return CacheSnapshot(
-        new_tokens=new_tokens, seq_len=int(cache.get_seq_length()), layers=describe_cache(cache)
+        new_tokens=new_tokens, seq_len=seq_len, layers=describe_cache(cache, seq_len), event=event
     )
 
 

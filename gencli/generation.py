@@ -32,6 +32,7 @@ from gencli.prefix import CachedPrefix, reusable_length
 from gencli.results import FinishReason, GenerationResult, Timings
 from gencli.sampling import end_token_ids, token_logprobs
 from gencli.settings import DecodingOptions, check_prompt
+from gencli.speculative import VerifiedPass, speculator_for
 from gencli.threads import adapt_threads
 from gencli.tokens import TokenText, token_bytes
 
@@ -369,9 +370,37 @@ def generate_text(
         if on_snapshot is not None:
             on_snapshot(snapshots[-1])
 
+    speculator = speculator_for(loaded, mode, options, input_ids, stopping_eos(loaded, options))
+    # With speculation a step is a verification pass: it is shown as the pass's two snapshots.
+    every_step = inspect_cache == "steps" and speculator is None
+
     def on_new_token(count: int) -> None:
-        if snapshots is not None and cache is not None and (count == 1 or inspect_cache == "steps"):
+        if snapshots is not None and cache is not None and (count == 1 or every_step):
             take_snapshot(count)
+
+    def on_pass(verified: VerifiedPass) -> None:
+        if inspect_cache != "steps" or cache is None:
+            return
+        count, proposed = len(streamer.token_ids), len(verified.proposed)
+        if not proposed:
+            events = [(count, None, "no proposal: a plain step")]
+        else:
+            kept = "all kept:" if verified.accepted == proposed else "rolled back to"
+            events = [
+                (
+                    count - verified.accepted - 1,
+                    verified.written,
+                    f"verify {proposed} proposed: +{proposed + 1}",
+                ),
+                (count, None, f"{verified.accepted} of {proposed} accepted: {kept} {verified.kept}"),
+            ]
+        for new_tokens, seq_len, event in events:
+            snapshots.append(snapshot_cache(cache, new_tokens, seq_len, event))
+            if on_snapshot is not None:
+                on_snapshot(snapshots[-1])
+
+    if speculator is not None:
+        speculator.on_pass = on_pass
 
     seed = run_seed(options)
     if seed is not None:
@@ -401,6 +430,7 @@ def generate_text(
         cache=cache,
         on_scores=on_scores if logprobs is not None else None,
         constraint=constraint,
+        speculator=speculator,
     )
 
     def result(reason: FinishReason | None) -> GenerationResult:
@@ -438,6 +468,7 @@ def generate_text(
             cache_snapshots=snapshots,
             prompt_cache_tokens=reused,
             logprobs=None if logprobs is None else logprobs[: len(new_ids)],
+            speculation=None if speculator is None else speculator.record(),
         )
 
     try:
@@ -491,6 +522,9 @@ def generate_batch(
         attention_mask=attention_mask if bool((attention_mask == 0).any()) else None,
         constraint=constraint,
     )
+    request.speculator = speculator_for(
+        loaded, mode, options, input_ids, request.eos_token_id, request.padding_lengths
+    )
     sequences = engine.decode(request).cpu()
 
     results = []
@@ -511,6 +545,7 @@ def generate_batch(
                 seed,
                 options,
                 logprobs=None if top_logprobs is None else logprobs[row][:count],
+                speculation=None if request.speculator is None else request.speculator.record(),
             )
         )
     return results

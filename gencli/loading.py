@@ -35,6 +35,14 @@ if TYPE_CHECKING:
     from gencli.engines import Engine
 
 
+class DraftModelError(GencliError):
+    """A draft model that cannot propose for this model; `draft` is its name."""
+
+    def __init__(self, draft: str, problem: str):
+        self.draft = draft
+        super().__init__(f"draft model {draft!r} {problem}")
+
+
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -52,6 +60,7 @@ class LoadedModel:
     _engines: dict[str, Engine] = field(default_factory=dict, repr=False)
     _fingerprint: str | None = field(default=None, repr=False)
     _stop_criteria: dict[tuple[str, ...], StopStringCriteria] = field(default_factory=dict, repr=False)
+    _drafts: dict[str, LoadedModel] = field(default_factory=dict, repr=False)
 
     def fingerprint(self) -> str:
         """A hash of the config and of every byte of every weight, as loaded (0.65 s for GPT-2
@@ -81,6 +90,30 @@ class LoadedModel:
                 tokenizer=self.tokenizer, stop_strings=list(stops)
             )
         return self._stop_criteria[stops]
+
+    def draft(self, name: str) -> LoadedModel:
+        """The draft model `name` for speculative decoding, loaded on first use on this model's
+        device and in its dtype, and kept. It must share this model's tokenizer (a proposal is
+        token ids) and be no larger (it runs K times per pass)."""
+        if name not in self._drafts:
+            draft = load_model(name, device=str(self.device), dtype=str(self.dtype).removeprefix("torch."))
+            if draft.tokenizer.get_vocab() != self.tokenizer.get_vocab():
+                raise DraftModelError(
+                    name,
+                    f"has another tokenizer than {self.name!r} ({len(draft.tokenizer)} tokens against "
+                    f"{len(self.tokenizer)}): its proposals would be other tokens; pick a draft of "
+                    f"{self.name!r}'s family",
+                )
+            sizes = [sum(p.numel() for p in model.parameters()) for model in (draft.model, self.model)]
+            if sizes[0] > sizes[1]:
+                raise DraftModelError(
+                    name,
+                    f"is larger than {self.name!r} ({sizes[0] / 1e6:,.1f}M parameters against "
+                    f"{sizes[1] / 1e6:,.1f}M): a draft must be the smaller model, or it costs more "
+                    "than it saves",
+                )
+            self._drafts[name] = draft
+        return self._drafts[name]
 
     @property
     def device(self) -> torch.device:

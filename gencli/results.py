@@ -74,6 +74,9 @@ class GenerationResult:
     # With a shaped answer (structured output): {"kind": the setting, "complete": whether the
     # answer ended where its shape is complete (not cut off by the length or a stop)}.
     constraint: dict[str, Any] | None = None
+    # With speculative decoding: `SpeculationStats.to_dict()`, and in the hand-written modes
+    # "steps", one {"proposed", "accepted", "written", "kept"} per verification pass.
+    speculation: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GenerationResult:
@@ -96,6 +99,7 @@ class GenerationResult:
             logprobs=data.get("logprobs"),
             prompt_logprobs=data.get("prompt_logprobs"),
             constraint=data.get("constraint"),
+            speculation=data.get("speculation"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,6 +124,8 @@ class GenerationResult:
             result["prompt_logprobs"] = self.prompt_logprobs
         if self.constraint is not None:
             result["constraint"] = self.constraint
+        if self.speculation is not None:
+            result["speculation"] = self.speculation
         if self.cache_snapshots is not None:
             final = self.cache_snapshots[-1] if self.cache_snapshots else None
             result["cache"] = [layer.to_dict() for layer in final.layers] if final else []

@@ -32,6 +32,7 @@ Mode = Literal["generate", "greedy", "kv-cache", "scratch"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 Quantization = Literal["none", "int8"]
+Speculation = Literal["none", "ngram", "draft"]
 MODES: tuple[str, ...] = get_args(Mode)
 # The modes that keep a KV cache (greedy re-runs the whole sequence every step).
 CACHED_MODES = ("generate", "kv-cache", "scratch")
@@ -184,6 +185,29 @@ class DecodingOptions(BaseModel):
         None,
         "must be a Lark grammar (text, or with --grammar a file)",
         "Answer with text this Lark grammar derives (llguidance's dialect; a file, or the text).",
+    )
+
+    # Speculative decoding (gencli.speculative): how tokens are proposed; never what is chosen.
+    speculate: Speculation = _setting(
+        "none",
+        f"must be one of {', '.join(get_args(Speculation))}",
+        "Propose tokens and let the model verify several in one pass, keeping those it would "
+        "choose itself (the same tokens, fewer passes). ngram: continue the latest earlier "
+        "occurrence of the text's last words (prompt lookup); draft: a smaller model with the same "
+        "tokenizer proposes (--draft-model); none is off.",
+    )
+    draft_model: str | None = _setting(
+        None,
+        "must be a Hugging Face hub id, a model folder or 'demo'",
+        "The model that proposes tokens with --speculate draft: smaller than the model, with the "
+        "same tokenizer (distilgpt2 for gpt2, say).",
+        min_length=1,
+    )
+    speculative_tokens: int = _setting(
+        4,
+        "must be an integer, at least 1",
+        "Tokens proposed per verification pass with --speculate.",
+        ge=1,
     )
 
     @field_validator("temperature")

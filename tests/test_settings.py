@@ -36,7 +36,7 @@ def test_built_in_defaults_are_the_default_preset_written_out():
     assert defaults.repetition_penalty == 1.2 and defaults.no_repeat_ngram_size == 3
     assert resolve([toml_layer(preset_path("default"), "preset")]).settings == defaults
     # every key except those unset by default (TOML cannot write "unset") is written out
-    unset = {"seed", "regex", "json_schema", "grammar"}
+    unset = {"seed", "regex", "json_schema", "grammar", "draft_model"}
     assert set(tomllib.loads(preset_path("default").read_text())) == set(SETTING_KEYS) - unset
 
 

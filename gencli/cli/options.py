@@ -27,6 +27,7 @@ from gencli.settings import (
     Mode,
     Quantization,
     Settings,
+    Speculation,
     check_prompt,
     check_values,
     default_value,
@@ -108,6 +109,9 @@ DECODING: OptionSet = (
     _setting(str, "json_schema", metavar="FILE|JSON"),
     _setting(bool, "json_object", "--json-object"),
     _setting(str, "grammar", metavar="FILE|LARK"),
+    _setting(Speculation, "speculate"),
+    _setting(str, "draft_model", metavar="MODEL"),
+    _setting(int, "speculative_tokens", metavar="K"),
     _parameter(
         "option",
         Annotated[

@@ -11,6 +11,7 @@ import torch
 from transformers import LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from gencli.cache import crop_cache
 from gencli.padding import pad_token_id, padding_lengths, position_ids
 from gencli.sampling import build_logits_processors, end_token_ids, select_next_token
 from gencli.settings import DecodingOptions
@@ -18,6 +19,7 @@ from gencli.threads import adapt_threads
 
 if TYPE_CHECKING:
     from gencli.constraints import CompiledConstraint
+    from gencli.speculative import Speculator
 
 
 @dataclass
@@ -43,6 +45,8 @@ class DecodeRequest:
     attention_mask: torch.Tensor | None = None
     # The answer's shape (structured output), compiled; None for a free answer.
     constraint: CompiledConstraint | None = None
+    # Speculative decoding (gencli.speculative): who proposes tokens, how many, and the counts.
+    speculator: Speculator | None = None
 
     @property
     def padding_lengths(self) -> torch.Tensor | None:
@@ -95,25 +99,41 @@ class Engine(ABC):
 
 
 class StepEngine(Engine):
-    """A hand-written decoding loop: prefill the prompt, then produce one token per forward pass."""
+    """A hand-written decoding loop: prefill the prompt, then produce one token per forward pass,
+    or, with speculation, verify several proposed tokens in one pass (gencli.speculative)."""
 
     @abstractmethod
+    def run(
+        self, cache: Any, sequence: torch.Tensor, attention_mask: torch.Tensor | None, count: int = 1
+    ) -> torch.Tensor:
+        """The logits that follow each of the last `count` tokens of `sequence` ([batch, count,
+        vocab]). A mode with a cache runs only the positions `cache` lacks and stores their keys
+        and values; `attention_mask` covers the whole sequence when the batch is padded."""
+
+    def roll_back(self, cache: Any, length: int) -> None:
+        """Forget every position from `length` on: the cache then holds what a run that never saw
+        them would hold (a rejected proposal)."""
+        return  # a mode without a cache has nothing to forget
+
     def prefill(self, request: DecodeRequest) -> torch.Tensor:
         """Run the prompt; return the logits for the next token, [batch, vocab]."""
+        return self.run(request.cache, request.input_ids, request.attention_mask)[:, -1]
 
-    @abstractmethod
     def decode_one_token(
         self, request: DecodeRequest, sequence: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> torch.Tensor:
-        """Return the logits that follow `sequence`, whose last token the model has not seen yet;
-        `attention_mask` covers the whole sequence when the batch is padded."""
+        """Return the logits that follow `sequence`, whose last token the model has not seen yet."""
+        return self.run(request.cache, sequence, attention_mask)[:, -1]
 
     def decode(self, request: DecodeRequest) -> torch.Tensor:
         with torch.inference_mode():
             if request.streamer is not None:
                 request.streamer.put(request.input_ids.cpu())
             logits = self.prefill(request)
-            sequence = decode_n_tokens(self, request, logits)
+            if request.speculator is None:
+                sequence = decode_n_tokens(self, request, logits)
+            else:
+                sequence = request.speculator.decode(self, request, logits)
         if request.streamer is not None:
             request.streamer.end()
         return sequence
@@ -121,24 +141,21 @@ class StepEngine(Engine):
 
 class CachedStepEngine(StepEngine):
     """A loop over a KV cache: each forward pass runs only the positions the cache lacks, so the
-    prefill skips a prefix the cache already holds and a decode step runs one token."""
+    prefill skips a prefix the cache already holds and a decode step runs one token (or a
+    proposal's tokens, which `roll_back` takes out again where they were refused)."""
 
-    def prefill(self, request: DecodeRequest) -> torch.Tensor:
-        new_tokens = request.input_ids[:, int(request.cache.get_seq_length()) :]
-        return self._run(request.cache, new_tokens, request.attention_mask)
-
-    def decode_one_token(
-        self, request: DecodeRequest, sequence: torch.Tensor, attention_mask: torch.Tensor | None
+    def run(
+        self, cache: Any, sequence: torch.Tensor, attention_mask: torch.Tensor | None, count: int = 1
     ) -> torch.Tensor:
-        return self._run(request.cache, sequence[:, -1:], attention_mask)
-
-    def _run(self, cache: Any, new_tokens: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        new_tokens = sequence[:, int(cache.get_seq_length()) :]
         if attention_mask is None:
-            return self.next_logits(cache, new_tokens)
+            return self.logits(cache, new_tokens, keep=count)
         positions = position_ids(attention_mask)[:, -new_tokens.shape[1] :]
-        return self.next_logits(cache, new_tokens, attention_mask, positions)
+        return self.logits(cache, new_tokens, attention_mask, positions, keep=count)
 
-    @abstractmethod
+    def roll_back(self, cache: Any, length: int) -> None:
+        crop_cache(cache, length)
+
     def next_logits(
         self,
         cache: Any,
@@ -146,10 +163,22 @@ class CachedStepEngine(StepEngine):
         attention_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """The logits for the token after `new_tokens`, [batch, vocab] (see `logits`)."""
+        return self.logits(cache, new_tokens, attention_mask, positions)[:, -1]
+
+    @abstractmethod
+    def logits(
+        self,
+        cache: Any,
+        new_tokens: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        keep: int = 1,
+    ) -> torch.Tensor:
         """Run `new_tokens` ([batch, new]) after what `cache` holds, storing their keys and values;
-        return the logits for the token after the last one, [batch, vocab]. In a left-padded
-        batch, `attention_mask` ([batch, cached + new]) marks the padding and `positions`
-        ([batch, new]) are the new tokens' position ids; without padding both are None."""
+        return the logits that follow each of the last `keep` of them, [batch, keep, vocab]. In a
+        left-padded batch, `attention_mask` ([batch, cached + new]) marks the padding and
+        `positions` ([batch, new]) are the new tokens' position ids; without padding both are None."""
 
 
 def decode_n_tokens(engine: StepEngine, request: DecodeRequest, logits: torch.Tensor) -> torch.Tensor:

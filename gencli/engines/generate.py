@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from transformers import GenerationConfig
 from transformers.cache_utils import DynamicCache
 
 from gencli.engines.base import DecodeRequest, Engine
+from gencli.errors import GencliError
 from gencli.sampling import generate_kwargs, processors_generate_lacks
+from gencli.speculative import LONGEST_NGRAM, DraftProposer, Speculator
 from gencli.transformers_compat import cache_argument
 
 
@@ -28,11 +33,24 @@ class HFGenerateEngine(Engine):
             bos_token_id=checkpoint_config.bos_token_id, eos_token_id=checkpoint_config.eos_token_id
         )
         try:
-            return self._generate(request)
+            if request.speculator is None:
+                return self._generate(request)
+            if request.input_ids.shape[0] > 1:
+                raise GencliError(
+                    "generate mode speculates one prompt at a time (Hugging Face's assisted "
+                    "generation); use --mode kv-cache to speculate over a batch"
+                )
+            with assisted(self.model, request.speculator) as speculation_kwargs:
+                sequences = self._generate(request, speculation_kwargs)
+            # Every pass gives the tokens it accepted and one of its own.
+            stats = request.speculator.stats
+            stats.tokens = max(sequences.shape[1] - request.input_ids.shape[1] - 1, 0)
+            stats.accepted = stats.tokens - stats.passes
+            return sequences
         finally:
             self.model.generation_config = checkpoint_config
 
-    def _generate(self, request: DecodeRequest) -> torch.Tensor:
+    def _generate(self, request: DecodeRequest, speculation_kwargs: dict | None = None) -> torch.Tensor:
         wants_scores = request.on_scores is not None
         input_ids, attention_mask = request.input_ids, request.attention_mask
         # generate's own processors would count left padding as text (its repetition penalty
@@ -62,6 +80,7 @@ class HFGenerateEngine(Engine):
                 output_logits=wants_scores,
                 return_dict_in_generate=wants_scores,
                 **generate_kwargs(request.options, build_processors=not padded),
+                **(speculation_kwargs or {}),
             )
         sequences = output.sequences if wants_scores else output
         if wants_scores:
@@ -69,3 +88,43 @@ class HFGenerateEngine(Engine):
             for step, (scores, logits) in enumerate(zip(output.scores, output.logits, strict=True)):
                 request.on_scores(scores, sequences[:, start + step], logits)
         return sequences
+
+
+@contextmanager
+def assisted(model: torch.nn.Module, speculator: Speculator) -> Iterator[dict]:
+    """Hugging Face's assisted generation for `speculator`: prompt lookup
+    (`prompt_lookup_num_tokens`) or a draft model (`assistant_model`, K tokens a pass, every
+    time). Yields `generate`'s arguments; counts the verification passes and the tokens each
+    verified into `speculator.stats` (a pass runs the newest token and the proposals after it)."""
+    stats = speculator.stats
+    proposer = speculator.proposer
+    if isinstance(proposer, DraftProposer):
+        draft = proposer.engine.model
+        kept = draft.generation_config
+        draft.generation_config = GenerationConfig(
+            num_assistant_tokens=speculator.tokens,
+            num_assistant_tokens_schedule="constant",
+            assistant_confidence_threshold=0,
+        )
+        kwargs = {"assistant_model": draft}
+    else:
+        kept, kwargs = (
+            None,
+            {"prompt_lookup_num_tokens": speculator.tokens, "max_matching_ngram_size": LONGEST_NGRAM},
+        )
+    passes = 0
+
+    def count(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        nonlocal passes
+        if passes:  # the first call is the prefill
+            stats.proposed += kwargs["input_ids"].shape[1] - 1
+        passes += 1
+
+    handle = model.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        yield kwargs
+    finally:
+        handle.remove()
+        if kept is not None:
+            proposer.engine.model.generation_config = kept
+        stats.passes = max(passes - 1, 0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from gencli.engines.base import DecodeRequest, StepEngine
+from gencli.engines.base import StepEngine
 from gencli.padding import position_ids
 
 
@@ -16,18 +16,16 @@ class GreedyEngine(StepEngine):
     name = "greedy"
     uses_cache = False
 
-    def prefill(self, request: DecodeRequest) -> torch.Tensor:
-        return self._next_logits(request.input_ids, request.attention_mask)
-
-    def decode_one_token(
-        self, request: DecodeRequest, sequence: torch.Tensor, attention_mask: torch.Tensor | None
+    def run(
+        self, cache: None, sequence: torch.Tensor, attention_mask: torch.Tensor | None, count: int = 1
     ) -> torch.Tensor:
-        return self._next_logits(sequence, attention_mask)
-
-    def _next_logits(self, sequence: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         positions = None if attention_mask is None else position_ids(attention_mask)
-        # logits_to_keep=1: the head runs on the last position only, the one we sample from.
+        # logits_to_keep: the head runs on the positions we choose from only.
         output = self.model(
-            sequence, attention_mask=attention_mask, position_ids=positions, use_cache=False, logits_to_keep=1
+            sequence,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            use_cache=False,
+            logits_to_keep=count,
         )
-        return output.logits[:, -1]
+        return output.logits  # [batch, count, vocab]

@@ -67,12 +67,13 @@ class KVCacheEngine(CachedStepEngine):
         # A static layer takes its batch size from the first keys written into it.
         return FilledStaticCache(self.model.config, max_length)
 
-    def next_logits(
+    def logits(
         self,
         cache: FilledStaticCache,
         new_tokens: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        keep: int = 1,
     ) -> torch.Tensor:
         body = self.transformer(
             new_tokens,
@@ -81,4 +82,4 @@ class KVCacheEngine(CachedStepEngine):
             position_ids=positions,
             use_cache=True,
         )
-        return self.lm_head(body.last_hidden_state[:, -1])
+        return self.lm_head(body.last_hidden_state[:, -keep:])  # [batch, keep, vocab]

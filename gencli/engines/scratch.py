@@ -28,12 +28,14 @@ class ScratchEngine(CachedStepEngine):
     def new_cache(self, max_length: int, batch: int = 1) -> ScratchCache:
         return self.scratch.new_cache(batch=batch, max_length=max_length)
 
-    def next_logits(
+    def logits(
         self,
         cache: ScratchCache,
         new_tokens: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        keep: int = 1,
     ) -> torch.Tensor:
-        logits = self.scratch(new_tokens, cache=cache, attention_mask=attention_mask, position_ids=positions)
-        return logits[:, -1]
+        return self.scratch(
+            new_tokens, cache=cache, attention_mask=attention_mask, position_ids=positions, keep=keep
+        )

@@ -50,14 +50,24 @@ def cache_table(snapshot: CacheSnapshot, when: str) -> Table:
 
 
 def steps_table(snapshots: list[CacheSnapshot]) -> Table:
-    """Growth of the cache, one row per generated token."""
+    """Growth of the cache, one row per generated token; with speculation, two per verification
+    pass: the positions it wrote, then what the roll-back kept."""
+    events = any(snapshot.event for snapshot in snapshots)
     table = Table(title="KV cache at every step", title_justify="left")
-    for column in ("new tokens", "seq", "key shape (every layer)", "total bytes"):
-        table.add_column(column, justify="left" if column.startswith("key") else "right")
+    columns = ("new tokens", "seq", "key shape (every layer)", "total bytes", *(("event",) if events else ()))
+    for column in columns:
+        table.add_column(column, justify="left" if column.startswith(("key", "event")) else "right")
     for snapshot in snapshots:
         shapes = {layer.key_shape for layer in snapshot.layers}
         shape = shape_text(shapes.pop()) if len(shapes) == 1 else "varies by layer"
-        table.add_row(str(snapshot.new_tokens), str(snapshot.seq_len), shape, f"{snapshot.total_bytes:,}")
+        event = (snapshot.event or ("after prefill" if snapshot.new_tokens == 1 else ""),)
+        table.add_row(
+            str(snapshot.new_tokens),
+            str(snapshot.seq_len),
+            shape,
+            f"{snapshot.total_bytes:,}",
+            *(event if events else ()),
+        )
     return table
 
 

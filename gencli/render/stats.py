@@ -27,8 +27,23 @@ def print_stats(result: GenerationResult, console: Console) -> None:
         f"prefill {format_seconds(timings.prefill_s)} · first token {format_seconds(timings.ttft_s)} · "
         f"decode {speed} · load {format_seconds(timings.load_s)} · "
         f"total {format_seconds(timings.total_s)} · {result.device} {result.weights}"
-        f"{constraint_note(result)}[/dim]",
+        f"{constraint_note(result)}{speculation_note(result.speculation)}[/dim]",
         soft_wrap=True,
+    )
+
+
+def speculation_note(speculation: dict[str, Any] | None) -> str:
+    """What speculative decoding did: proposals accepted, tokens per verification pass, passes
+    saved (the decode steps a run without it takes, less its passes)."""
+    if speculation is None:
+        return ""
+    rate, per_pass = speculation["acceptance_rate"], speculation["tokens_per_pass"]
+    accepted = "-" if rate is None else f"{rate:.0%}"
+    return (
+        f" · speculate {speculation['method']}: {accepted} of "
+        f"{plural(speculation['proposed'], 'proposal')} accepted, "
+        f"{'-' if per_pass is None else f'{per_pass:.2f}'} tokens/pass, "
+        f"{speculation['passes_saved']} {'pass' if speculation['passes_saved'] == 1 else 'passes'} saved"
     )
 
 
@@ -49,7 +64,7 @@ def print_turn_stats(turn: ChatTurn, console: Console) -> None:
         f"[dim]turn {turn.number} · {plural(turn.cached_tokens, 'token')} from the cache + "
         f"{turn.prefilled_tokens} prefilled · prefill {format_seconds(timings.prefill_s)} · first token "
         f"{format_seconds(timings.ttft_s)} · decode {speed} · {plural(len(result.token_ids), 'new token')} "
-        f"({result.finish_reason})[/dim]",
+        f"({result.finish_reason}){speculation_note(result.speculation)}[/dim]",
         soft_wrap=True,
     )
 

@@ -144,16 +144,20 @@ class ScratchGPT2(nn.Module):
         cache: ScratchCache | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        keep: int | None = None,
     ) -> torch.Tensor:
         """input_ids: [batch, seq], the new positions only when `cache` holds the earlier ones.
         attention_mask: [batch, all positions] of 1/0, for left-padded batches.
-        Returns logits [batch, seq, vocab]."""
+        Returns logits [batch, seq, vocab], or with `keep` those of the last `keep` positions only
+        (the head's product is the largest of a step: a prefill needs one row of it)."""
         past = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
             position_ids = torch.arange(past, past + input_ids.size(1), device=input_ids.device)[None]
         x = self.wte(input_ids) + self.wpe(position_ids)
         for index, block in enumerate(self.blocks):
             x = block(x, attention_mask, cache.layers[index] if cache is not None else None)
+        if keep is not None:
+            x = x[:, -keep:]  # [batch, keep, n_embd]
         return self.lm_head(self.ln_f(x))
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
