@@ -13,7 +13,7 @@ from gencli.engines.base import DecodeRequest, Engine
 from gencli.errors import GencliError
 from gencli.sampling import generate_kwargs, processors_generate_lacks
 from gencli.speculative import LONGEST_NGRAM, DraftProposer, Speculator
-from gencli.transformers_compat import cache_argument
+from gencli.transformers_compat import CACHE_KEYWORD, cache_argument
 
 
 class HFGenerateEngine(Engine):
@@ -40,7 +40,7 @@ class HFGenerateEngine(Engine):
                     "generate mode speculates one prompt at a time (Hugging Face's assisted "
                     "generation); use --mode kv-cache to speculate over a batch"
                 )
-            with assisted(self.model, request.speculator) as speculation_kwargs:
+            with assisted(self.model, request.speculator, request.input_ids.shape[1]) as speculation_kwargs:
                 sequences = self._generate(request, speculation_kwargs)
             # Every pass gives the tokens it accepted and one of its own.
             stats = request.speculator.stats
@@ -91,7 +91,7 @@ class HFGenerateEngine(Engine):
 
 
 @contextmanager
-def assisted(model: torch.nn.Module, speculator: Speculator) -> Iterator[dict]:
+def assisted(model: torch.nn.Module, speculator: Speculator, prompt_length: int) -> Iterator[dict]:
     """Hugging Face's assisted generation for `speculator`: prompt lookup
     (`prompt_lookup_num_tokens`) or a draft model (`assistant_model`, K tokens a pass, every
     time). Yields `generate`'s arguments; counts the verification passes and the tokens each
@@ -112,13 +112,18 @@ def assisted(model: torch.nn.Module, speculator: Speculator) -> Iterator[dict]:
             None,
             {"prompt_lookup_num_tokens": speculator.tokens, "max_matching_ngram_size": LONGEST_NGRAM},
         )
-    passes = 0
+    # Every call of the model is a pass: the first runs the prompt with the first proposal (it is
+    # the prefill too), each later one the newest token and a proposal. Counted as the hand-written
+    # modes count them: the prefill apart.
+    calls, positions, cached = 0, 0, 0
 
     def count(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        nonlocal passes
-        if passes:  # the first call is the prefill
-            stats.proposed += kwargs["input_ids"].shape[1] - 1
-        passes += 1
+        nonlocal calls, positions, cached
+        if not calls:
+            cache = kwargs.get(CACHE_KEYWORD)
+            cached = 0 if cache is None else int(cache.get_seq_length())
+        calls += 1
+        positions += kwargs["input_ids"].shape[1]
 
     handle = model.register_forward_pre_hook(count, with_kwargs=True)
     try:
@@ -127,4 +132,5 @@ def assisted(model: torch.nn.Module, speculator: Speculator) -> Iterator[dict]:
         handle.remove()
         if kept is not None:
             proposer.engine.model.generation_config = kept
-        stats.passes = max(passes - 1, 0)
+        stats.passes = max(calls - 1, 0)
+        stats.proposed = positions - (prompt_length - cached) - max(calls - 1, 0)

@@ -37,7 +37,11 @@ _FIELD_TO_SETTING = {
     "ignore_eos": "ignore_eos",
     "skip_special_tokens": "skip_special_tokens",
     "no_repeat_ngram_size": "no_repeat_ngram_size",  # gencli's own
+    "speculate": "speculate",  # gencli's own; the draft model is the server's (serve --draft-model)
+    "speculative_tokens": "speculative_tokens",
 }
+# A request may not name a model for the server to load: the draft is chosen when it starts.
+_REQUEST_KEYS = tuple(key for key in DECODING_KEYS if key != "draft_model")
 _OPENAI_ACCEPTED = {
     "model",
     "stream",
@@ -92,6 +96,13 @@ def fills_context(resolved: ResolvedSettings) -> bool:
 def _check_fields(body: Any, accepted: set[str]) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
+    if "draft_model" in body:
+        raise ApiError(
+            400,
+            "'draft_model' is the server's: start it with gencli serve --draft-model MODEL, and ask "
+            "for 'speculate': 'draft'",
+            param="draft_model",
+        )
     unknown = sorted(set(body) - accepted)
     if unknown:
         raise ApiError(400, f"unknown field(s): {', '.join(unknown)}", param=unknown[0])
@@ -427,13 +438,13 @@ def _messages(messages: Any, name: str) -> list[dict[str, str]]:
     return checked
 
 
-GENERATE_FIELDS = {"model", "prompt", "stream", "inspect_cache", "top_logprobs", "mode", *DECODING_KEYS}
+GENERATE_FIELDS = {"model", "prompt", "stream", "inspect_cache", "top_logprobs", "mode", *_REQUEST_KEYS}
 
 
 def generate_request(body: Any, defaults: Settings, vocab_size: int) -> ParsedRequest:
     """A /v1/generate request: gencli's own settings keys, plus inspect_cache and top_logprobs."""
     body = _check_fields(body, GENERATE_FIELDS)
-    values = _checked({key: body[key] for key in body if key in DECODING_KEYS or key == "mode"})
+    values = _checked({key: body[key] for key in body if key in _REQUEST_KEYS or key == "mode"})
     mode = values.pop("mode", defaults.mode)
     inspect = body.get("inspect_cache")
     if inspect not in (None, False, True, "ends", "steps"):
@@ -473,9 +484,9 @@ def compare_request(
     body: Any, defaults: Settings, vocab_size: int
 ) -> tuple[str | list[int], DecodingOptions]:
     """/v1/compare: a prompt and gencli's decoding settings, as /v1/generate takes them."""
-    body = _check_fields(body, {"model", "prompt", *DECODING_KEYS})
+    body = _check_fields(body, {"model", "prompt", *_REQUEST_KEYS})
     prompt = _one_prompt(body.get("prompt"), vocab_size)
     if prompt is None:
         raise ApiError(400, "'prompt' must be a string or a list of token ids", param="prompt")
-    values = _checked({key: body[key] for key in body if key in DECODING_KEYS})
+    values = _checked({key: body[key] for key in body if key in _REQUEST_KEYS})
     return prompt, defaults.decoding.model_copy(update=values)

@@ -51,13 +51,15 @@ MAX_BATCH = 8  # rows decoded together; more wait in the queue
 def batchable(job: Job) -> bool:
     """Whether a job can run in a batch: a generation in a mode whose engine steps with a cache
     (`generate` runs inside Hugging Face's loop, `greedy` keeps no cache), without cache
-    snapshots (they describe one request's cache) or an echoed prompt (scored on its own)."""
+    snapshots (they describe one request's cache), an echoed prompt (scored on its own) or
+    speculation (a batch steps a token per row; a speculative request verifies alone)."""
     request = job.request
     return (
         request.mode in BATCHED_MODES
         and request.generates
         and request.inspect_cache is None
         and not request.echo
+        and request.options.speculate == "none"
     )
 
 
