@@ -368,3 +368,148 @@ def _empty_report(loaded: LoadedModel, read_samples: list[float], gemv_samples: 
         gemv_bandwidth_samples=gemv_samples,
         machine_load=os.getloadavg() if hasattr(os, "getloadavg") else None,
     )
+
+
+# A public-domain passage (Jane Austen, Pride and Prejudice, 1813) for the speculation tasks.
+PASSAGE = (
+    "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+    "must be in want of a wife. However little known the feelings or views of such a man may be on "
+    "his first entering a neighbourhood, this truth is so well fixed in the minds of the surrounding "
+    "families, that he is considered the rightful property of some one or other of their daughters. "
+    '"My dear Mr. Bennet," said his lady to him one day, "have you heard that Netherfield Park is '
+    'let at last?" Mr. Bennet replied that he had not. "But it is," returned she; "for Mrs. Long has '
+    'just been here, and she told me all about it." Mr. Bennet made no answer.'
+)
+
+
+@dataclass(frozen=True)
+class SpeculationTask:
+    """What a speculation bench decodes: a prompt and the options it runs under (greedy)."""
+
+    name: str
+    description: str
+    prompt: str
+    options: dict[str, Any]
+
+
+SPECULATION_TASKS = (
+    # The model writes out again, with one word changed, a passage it was given: prompt lookup's case.
+    SpeculationTask(
+        "edit",
+        "rewrite a passage it was given (greedy, no penalties)",
+        f"{PASSAGE}\n\nThe same passage, with 'wife' changed to 'house':\n\n{PASSAGE[:60]}",
+        {},
+    ),
+    # Free text under the CLI's own preset, whose n-gram rule bans every copy prompt lookup proposes.
+    SpeculationTask(
+        "free",
+        "free text after the passage's first sentence (the CLI preset's penalties)",
+        PASSAGE[: PASSAGE.index(".") + 1],
+        {"repetition_penalty": 1.2, "no_repeat_ngram_size": 3},
+    ),
+)
+
+
+@dataclass(frozen=True)
+class SpeculationRow:
+    """Medians over the repeats of one task in one mode, without and with speculation."""
+
+    task: str
+    mode: str
+    new_tokens: int
+    tokens_per_s_without: float
+    tokens_per_s_with: float
+    acceptance_rate: float | None
+    tokens_per_pass: float | None
+    same_tokens: bool  # with and without, every repeat
+
+    @property
+    def speedup(self) -> float:
+        return self.tokens_per_s_with / self.tokens_per_s_without
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "speedup": self.speedup}
+
+
+@dataclass
+class SpeculationReport:
+    model: str
+    device: str
+    weights: str
+    threads: int
+    speculation: dict[str, Any]  # method, speculative_tokens, draft_model
+    rows: list[SpeculationRow] = field(default_factory=list)
+    interrupted: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        tasks = {task.name: task.description for task in SPECULATION_TASKS}
+        return {
+            "model": self.model,
+            "device": self.device,
+            "weights": self.weights,
+            "threads": self.threads,
+            "speculation": self.speculation,
+            "tasks": tasks,
+            "rows": [row.to_dict() for row in self.rows],
+            "interrupted": self.interrupted,
+        }
+
+
+def run_speculation_bench(
+    loaded: LoadedModel,
+    speculation: DecodingOptions,
+    modes: tuple[str, ...] = ("kv-cache",),
+    new_tokens: int = 128,
+    repeats: int = 3,
+    warmup: int = 1,
+    on_progress: Callable[[int, str], None] | None = None,
+) -> SpeculationReport:
+    """Each task in each mode without and with `speculation`'s `speculate`, `draft_model` and
+    `speculative_tokens`, taking turns run by run so that a change in the machine's load slows
+    both alike; the tokens must be the same."""
+    keys = ("speculate", "draft_model", "speculative_tokens")
+    report = SpeculationReport(
+        model=loaded.name,
+        device=str(loaded.device),
+        weights=loaded.weights,
+        threads=torch.get_num_threads(),
+        speculation={key: getattr(speculation, key) for key in keys},
+    )
+    try:
+        for task in SPECULATION_TASKS:
+            for mode in modes:
+                plain = DecodingOptions(max_new_tokens=new_tokens, ignore_eos=True, **task.options)
+                speculating = plain.model_copy(update=report.speculation)
+                runs: dict[bool, list[GenerationResult]] = {False: [], True: []}
+                for repeat in range(warmup + repeats):
+                    for speculates, options in ((False, plain), (True, speculating)):
+                        if on_progress:
+                            on_progress(0, f"{task.name}, {mode}{', speculating' if speculates else ''}")
+                        result = generate_text(loaded, task.prompt, mode, options)
+                        if repeat >= warmup:
+                            runs[speculates].append(result)
+                            if on_progress:
+                                on_progress(1, f"{task.name}: done")
+                report.rows.append(_speculation_row(task.name, mode, runs[False], runs[True]))
+    except (KeyboardInterrupt, GenerationInterrupted):
+        report.interrupted = True
+    return report
+
+
+def _speculation_row(
+    task: str, mode: str, plain: list[GenerationResult], speculating: list[GenerationResult]
+) -> SpeculationRow:
+    def speed(runs: list[GenerationResult]) -> float:
+        return statistics.median([run.timings.tokens_per_s or 0.0 for run in runs])
+
+    stats = speculating[0].speculation or {}
+    return SpeculationRow(
+        task=task,
+        mode=mode,
+        new_tokens=len(plain[0].token_ids),
+        tokens_per_s_without=speed(plain),
+        tokens_per_s_with=speed(speculating),
+        acceptance_rate=stats.get("acceptance_rate"),
+        tokens_per_pass=stats.get("tokens_per_pass"),
+        same_tokens=all(run.token_ids == plain[0].token_ids for run in [*plain, *speculating]),
+    )

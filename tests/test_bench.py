@@ -151,3 +151,25 @@ def test_ctrl_c_prints_the_rows_measured_so_far_and_exits_130(tiny_model_dir, mo
     report = json.loads(result.stdout)
     assert report["interrupted"] is True
     assert [row["mode"] for row in report["headline"]] == ["kv-cache", "greedy"] and report["sweep"] == []
+
+
+def test_bench_speculate_compares_each_task_without_and_with_it(tiny_model_dir):
+    args = ["bench", "-m", str(tiny_model_dir), "--speculate", "ngram", "--new-tokens", "12"]
+    result = runner.invoke(app, [*args, "--repeats", "1", "--warmup", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["speculation"] == {"speculate": "ngram", "draft_model": None, "speculative_tokens": 4}
+    assert [(row["task"], row["mode"]) for row in report["rows"]] == [
+        ("edit", "kv-cache"),
+        ("free", "kv-cache"),
+    ]
+    for row in report["rows"]:
+        assert row["same_tokens"] and row["new_tokens"] == 12
+        assert row["speedup"] == pytest.approx(row["tokens_per_s_with"] / row["tokens_per_s_without"])
+    table = runner.invoke(app, [*args, "--repeats", "1", "--warmup", "0", "--modes", "scratch"])
+    assert table.exit_code == 0, table.output
+    assert (
+        "Speculative decoding (medians, greedy)" in table.stdout
+        and "speculate ngram, 4 tokens a pass" in table.stdout
+    )
+    assert table.stdout.count(" yes ") + table.stdout.count(" yes│") >= 2

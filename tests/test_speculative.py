@@ -77,7 +77,7 @@ def test_prompt_lookup_gives_the_tokens_of_a_run_without_it(model, mode, extra):
 def test_a_draft_model_gives_the_tokens_of_a_run_without_it(model, draft_dir, mode, extra):
     plain = generate_text(model, PROMPTS[1], mode, options(**OPTIONS[extra]))
     # A draft whose proposals are mostly refused, then the model as its own draft (all accepted).
-    for draft, tokens in ((draft_dir, 1), (draft_dir, 5), (model.folder, 8)):
+    for draft, tokens in ((draft_dir, 3), (model.folder, 8)):
         settings = options(
             **OPTIONS[extra], speculate="draft", draft_model=str(draft), speculative_tokens=tokens
         )
@@ -146,15 +146,16 @@ def test_a_refused_proposal_is_rolled_back(model, draft_dir):
     assert rolled_back and all(s.seq_len == int(s.event.rsplit(" ", 1)[1]) for s in rolled_back)
 
 
-@pytest.mark.parametrize("mode", ["kv-cache", "scratch", "greedy"])
 @pytest.mark.parametrize("speculate", ["ngram", "draft"])
-def test_seeded_sampling_gives_the_same_tokens_in_the_hand_written_modes(model, draft_dir, mode, speculate):
+def test_seeded_sampling_gives_the_same_tokens_in_the_hand_written_modes(model, draft_dir, speculate):
     settings = options(
         sample=True, seed=3, temperature=1.2, top_k=50, speculate=speculate, draft_model=str(draft_dir)
     )
-    reference = generate_text(model, PROMPTS[0], "kv-cache", settings)
-    assert generate_text(model, PROMPTS[0], mode, settings).token_ids == reference.token_ids
-    assert reference.speculation["proposed"] > 0  # the acceptance rule had proposals to judge
+    runs = {
+        mode: generate_text(model, PROMPTS[0], mode, settings) for mode in ("kv-cache", "scratch", "greedy")
+    }
+    assert runs["scratch"].token_ids == runs["kv-cache"].token_ids == runs["greedy"].token_ids
+    assert runs["kv-cache"].speculation["proposed"] > 0  # the acceptance rule had proposals to judge
 
 
 @pytest.mark.parametrize("cache_mode", ["kv-cache", "scratch"])

@@ -12,6 +12,7 @@ from gencli.cli.options import (
     DTYPE,
     MODEL,
     SOURCES,
+    SPECULATION,
     ArchOption,
     JsonOption,
     ModesOption,
@@ -34,7 +35,7 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
-@with_options(MODEL, DTYPE, SOURCES)
+@with_options(MODEL, DTYPE, SPECULATION, SOURCES)
 def bench(
     arch: ArchOption = None,
     modes: ModesOption = None,
@@ -72,8 +73,16 @@ def bench(
     A headline run (--prompt-tokens + --new-tokens) and a sweep over --lengths, where the no-cache
     loop slows down with length and the cached loops do not. Prompts are random token ids and
     generation ignores EOS, so every run decodes exactly as many tokens as asked.
+
+    With --speculate: each mode (--modes, kv-cache unless given) without and with speculative
+    decoding on two tasks, rewriting a passage the prompt holds and free text, in alternating
+    runs of --new-tokens: tokens/s, the speed-up, the acceptance rate and whether the tokens are
+    the same.
     """
     settings = resolve(command_line_layers(flags)).settings
+    if settings.speculate != "none":
+        _bench_speculation(settings, arch, modes, new_tokens, repeats, warmup, as_json)
+        return
     chosen = chosen_modes(modes)
     sweep = _int_list(lengths)
     if min(sweep) <= sweep_new_tokens:
@@ -119,5 +128,43 @@ def bench(
     if plot is not None and not report.interrupted:
         save_bench_plot(report, str(plot))
         stderr_console().print(f"wrote {plot}")
+    if report.interrupted:
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _bench_speculation(
+    settings: Any,
+    arch: str | None,
+    modes: list[str] | None,
+    new_tokens: int,
+    repeats: int,
+    warmup: int,
+    as_json: bool,
+) -> None:
+    chosen = chosen_modes(modes) if modes else ("kv-cache",)
+    if min(repeats, new_tokens) < 1 or warmup < 0:
+        raise GencliError("--repeats and --new-tokens must be at least 1")
+    with startup_status("starting") as step:
+        loaded = load(settings, step, arch)
+        from gencli.bench import SPECULATION_TASKS, run_speculation_bench
+        from gencli.render.bench import print_speculation_bench
+        from gencli.render.console import print_json, stdout_console
+        from gencli.render.progress import progress
+        from gencli.speculative import MissingDraftModel
+
+        if settings.speculate == "draft":
+            if settings.draft_model is None:
+                raise MissingDraftModel()
+            step("loading the draft model")
+            loaded.draft(settings.draft_model)
+    runs = len(SPECULATION_TASKS) * len(chosen) * 2 * repeats
+    with progress(runs, "bench") as advance:
+        report = run_speculation_bench(
+            loaded, settings.decoding, chosen, new_tokens, repeats, warmup, on_progress=advance
+        )
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        print_speculation_bench(report, stdout_console())
     if report.interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)

@@ -91,6 +91,11 @@ MODEL: OptionSet = (
 )
 DTYPE: OptionSet = (_setting(Dtype, "dtype"), _setting(Quantization, "quantize"))
 MODE: OptionSet = (_setting(Mode, "mode"),)
+SPECULATION: OptionSet = (
+    _setting(Speculation, "speculate"),
+    _setting(str, "draft_model", metavar="MODEL"),
+    _setting(int, "speculative_tokens", metavar="K"),
+)
 DECODING: OptionSet = (
     _setting(int, "max_new_tokens", "--max-new-tokens", "-n"),
     _setting(bool, "sample", "--sample/--no-sample"),
@@ -109,9 +114,7 @@ DECODING: OptionSet = (
     _setting(str, "json_schema", metavar="FILE|JSON"),
     _setting(bool, "json_object", "--json-object"),
     _setting(str, "grammar", metavar="FILE|LARK"),
-    _setting(Speculation, "speculate"),
-    _setting(str, "draft_model", metavar="MODEL"),
-    _setting(int, "speculative_tokens", metavar="K"),
+    *SPECULATION,
     _parameter(
         "option",
         Annotated[

@@ -11,7 +11,7 @@ from gencli.render.console import human_bytes
 from gencli.render.plots import load_pyplot, save_figure
 
 if TYPE_CHECKING:
-    from gencli.bench import BenchReport, BenchRow
+    from gencli.bench import BenchReport, BenchRow, SpeculationReport
 
 
 def _bench_table(title: str, report: BenchReport, rows: list[BenchRow]) -> Table:
@@ -89,3 +89,47 @@ def save_bench_plot(report: BenchReport, path: str) -> None:
     axes.grid(True, which="both", alpha=0.3)
     axes.legend()
     save_figure(figure, pyplot, path, "--plot")
+
+
+def print_speculation_bench(report: SpeculationReport, console: Console) -> None:
+    """Each task and mode: tokens/s without and with speculation, the speed-up, the acceptance."""
+    from gencli.bench import SPECULATION_TASKS
+
+    if report.interrupted:
+        console.print(f"Interrupted: the {len(report.rows)} rows measured before it.")
+    speculation = report.speculation
+    draft = f" ({speculation['draft_model']})" if speculation["speculate"] == "draft" else ""
+    threads = f"{report.threads} thread{'' if report.threads == 1 else 's'}"
+    console.print(
+        f"{report.model} · {report.device} {report.weights} · {threads} · speculate "
+        f"{speculation['speculate']}{draft}, {speculation['speculative_tokens']} tokens a pass",
+        soft_wrap=True,
+    )
+    table = Table(title="Speculative decoding (medians, greedy)", title_justify="left")
+    for column in (
+        "task",
+        "mode",
+        "tokens",
+        "tok/s without",
+        "tok/s with",
+        "speed-up",
+        "accepted",
+        "tok/pass",
+        "same",
+    ):
+        table.add_column(column, justify="left" if column in ("task", "mode") else "right", no_wrap=True)
+    for row in report.rows:
+        table.add_row(
+            row.task,
+            row.mode,
+            str(row.new_tokens),
+            f"{row.tokens_per_s_without:.1f}",
+            f"{row.tokens_per_s_with:.1f}",
+            f"{row.speedup:.2f}x",
+            "-" if row.acceptance_rate is None else f"{row.acceptance_rate:.0%}",
+            "-" if row.tokens_per_pass is None else f"{row.tokens_per_pass:.2f}",
+            "yes" if row.same_tokens else "NO",
+        )
+    console.print(table)
+    for task in SPECULATION_TASKS:
+        console.print(f"{task.name}: {task.description}", soft_wrap=True)

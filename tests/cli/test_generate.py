@@ -381,3 +381,32 @@ def test_show_probs_off_a_terminal_prints_the_same_text(tiny_model_dir):
         assert "Next-token probabilities" in shown.stderr
     refused = gencli("Hi", "--show-probs", "--server", "http://127.0.0.1:9")
     assert_one_line_error(refused, "--show-probs is for local runs")
+
+
+def test_speculation_flags_the_stats_line_and_its_errors(tiny_model_dir, tmp_path):
+    prompt = "one two three four one two three four one two"
+    plain = gencli(prompt, "--model", tiny_model_dir, "-n", 12, "--json")
+    result = gencli(
+        prompt, "--model", tiny_model_dir, "-n", 12, "--speculate", "ngram", "--speculative-tokens", 3
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout == json.loads(plain.stdout)["text"] + "\n"
+    line = result.stderr.strip().splitlines()[-1]
+    assert " · speculate ngram: " in line and " tokens/pass, " in line and line.endswith(" saved")
+    record = json.loads(
+        gencli(prompt, "--model", tiny_model_dir, "-n", 12, "-o", "speculate", "ngram", "--json").stdout
+    )
+    assert record["token_ids"] == json.loads(plain.stdout)["token_ids"]
+    assert record["speculation"]["method"] == "ngram" and record["speculation"]["speculative_tokens"] == 4
+    assert_one_line_error(
+        gencli("Hi", "--model", tiny_model_dir, "--speculative-tokens", 0),
+        "--speculative-tokens must be an integer, at least 1, got 0",
+    )
+    assert_one_line_error(
+        gencli("Hi", "--model", tiny_model_dir, "--speculate", "draft"),
+        "speculate draft needs a draft model: give --draft-model MODEL",
+    )
+    assert_one_line_error(
+        gencli("Hi", "--model", tiny_model_dir, "--speculate", "draft", "--draft-model", "demo"),
+        "draft model 'demo' has another tokenizer than",
+    )
