@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -274,6 +274,13 @@ def logprob_record(
     return record
 
 
+def pass_record(tokenizer: Any, verified: VerifiedPass) -> dict[str, Any]:
+    """A verification pass for a reader of the stream: the pass's counts, each proposed token
+    with its text; the pass's last `tokens` tokens are its own (`accepted` of them proposed)."""
+    proposed = [{"token": token, "text": tokenizer.decode([token])} for token in verified.proposed]
+    return {**asdict(verified), "proposed": proposed}
+
+
 def run_seed(options: DecodingOptions) -> int | None:
     """The seed a run uses: the one given, or for sampling without one a fresh one that the record
     reports, so any run can be replayed; None for greedy decoding."""
@@ -332,6 +339,7 @@ def generate_text(
     top_logprobs: int | None = None,
     on_logprob: Callable[[dict[str, Any]], None] | None = None,
     on_snapshot: Callable[[CacheSnapshot], None] | None = None,
+    on_pass: Callable[[dict[str, Any]], None] | None = None,
 ) -> GenerationResult:
     """Continue `prompt` (text or token ids) with the given mode; stream text to `on_text`.
 
@@ -342,7 +350,8 @@ def generate_text(
     (finish reason "interrupted") when it turns true: a server's client went away, say.
     `top_logprobs`: record each new token's log-probability and the N most likely alternatives;
     `on_logprob` hears each record as it is made (in generate mode, after the run: Hugging Face
-    hands its scores over at the end); `on_snapshot` hears each cache snapshot as it is taken."""
+    hands its scores over at the end); `on_snapshot` hears each cache snapshot as it is taken;
+    `on_pass` each speculative verification pass (`pass_record`) once its tokens are out."""
     engine = loaded.engine(mode)
     adapt_threads()  # between runs too: generate mode's loop is Hugging Face's
     constraint = prepare_options(loaded, options)
@@ -378,7 +387,9 @@ def generate_text(
         if snapshots is not None and cache is not None and (count == 1 or every_step):
             take_snapshot(count)
 
-    def on_pass(verified: VerifiedPass) -> None:
+    def on_verified(verified: VerifiedPass) -> None:
+        if on_pass is not None:
+            on_pass(pass_record(loaded.tokenizer, verified))
         if inspect_cache != "steps" or cache is None:
             return
         count, proposed = len(streamer.token_ids), len(verified.proposed)
@@ -400,7 +411,7 @@ def generate_text(
                 on_snapshot(snapshots[-1])
 
     if speculator is not None:
-        speculator.on_pass = on_pass
+        speculator.on_pass = on_verified
 
     seed = run_seed(options)
     if seed is not None:

@@ -96,7 +96,14 @@ class LoadedModel:
         device and in its dtype, and kept. It must share this model's tokenizer (a proposal is
         token ids) and be no larger (it runs K times per pass)."""
         if name not in self._drafts:
-            draft = load_model(name, device=str(self.device), dtype=str(self.dtype).removeprefix("torch."))
+            try:
+                draft = load_model(
+                    name, device=str(self.device), dtype=str(self.dtype).removeprefix("torch.")
+                )
+            except GencliError as problem:  # the loader's words name --model: this is the draft
+                raise DraftModelError(
+                    name, f"cannot be loaded: {problem}".replace("--model", "--draft-model")
+                ) from None
             if draft.tokenizer.get_vocab() != self.tokenizer.get_vocab():
                 raise DraftModelError(
                     name,

@@ -887,3 +887,28 @@ def test_what_cannot_shape_an_answer_is_a_400_naming_the_field(served, body, par
     assert answer.status_code == 400
     error = answer.json()["error"]
     assert error["param"] == param and fragment in error["message"], error
+
+
+def test_a_request_may_ask_for_speculation_and_gets_its_solo_tokens(tiny, client, served):
+    prompts = ["one two three four one two three four one", "It is a truth universally", "a b a b a b"]
+
+    def complete(prompt):
+        return client.completions.create(
+            model=tiny.name, prompt=prompt, max_tokens=8, temperature=0, extra_body={"speculate": "ngram"}
+        )
+
+    with ThreadPoolExecutor(3) as pool:  # at once: each verifies alone, none waits on the others' steps
+        completions = list(pool.map(complete, prompts))
+    for prompt, completion in zip(prompts, completions, strict=True):
+        assert completion.choices[0].text == local(tiny, prompt).text
+    refused = httpx.post(
+        served.url + "/v1/completions",
+        json={"prompt": "Hi", "speculate": "draft", "draft_model": "demo"},
+        headers=headers(served),
+    )
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "draft_model"
+    assert "gencli serve --draft-model MODEL" in refused.json()["error"]["message"]
+    no_draft = httpx.post(
+        served.url + "/v1/generate", json={"prompt": "Hi", "speculate": "draft"}, headers=headers(served)
+    )
+    assert no_draft.status_code == 400 and "speculate draft needs a draft model" in no_draft.text

@@ -11,6 +11,7 @@ const state = {
   ids: [],            // the whole sequence: prompt, then generated tokens
   promptLength: 0,
   steps: [],          // per generated token: its logprob record
+  passes: [],         // per generated token: {accepted, refused} where a verification pass gave it
   cacheHistory: [],   // per cache snapshot: positions held
   attention: null,    // the last /v1/attention answer
   explanation: null,  // the last /v1/explain answer
@@ -57,11 +58,15 @@ function settings() {
   };
   if (temperature > 0) body.temperature = temperature;
   if (number("seed") !== null) body.seed = number("seed");
+  // Left empty, the server's own (the CLI's preset: 1.2 and 3, which ban what prompt lookup copies).
+  if (number("repetition-penalty") !== null) body.repetition_penalty = number("repetition-penalty");
+  if (number("no-repeat-ngram") !== null) body.no_repeat_ngram_size = number("no-repeat-ngram");
   const shape = $("shape").value;
   const shapeText = $("shape-text").value.trim();
   if (shape === "choice") body.choice = shapeText.split("|").map((part) => part.trim()).filter(Boolean);
   else if (shape === "json_object") body.json_object = true;
   else if (shape) body[shape] = shapeText;  // regex, or the schema's JSON text
+  if ($("speculate").value !== "none") body.speculate = $("speculate").value;
   return body;
 }
 
@@ -125,6 +130,8 @@ function showAlternatives(span) {
       if (shaped) row.insertCell().textContent = alternative.allowed ? "allowed" : "ruled out";
     }
     box.append(title, table);
+    const verified = state.passes[index - state.promptLength];
+    if (verified) box.append(passNote(verified));
   }
   const rect = span.getBoundingClientRect();
   box.style.left = `${rect.left + window.scrollX}px`;
@@ -133,6 +140,40 @@ function showAlternatives(span) {
 }
 
 function hideAlternatives() { $("alternatives").hidden = true; }
+
+// A token a verification pass gave: accepted from the proposal, or the model's own after it,
+// with the proposed tokens the model refused there.
+function passNote(verified) {
+  const note = document.createElement("div");
+  if (verified.accepted) {
+    note.textContent = "speculation: proposed, and the model agreed";
+    return note;
+  }
+  note.textContent = "speculation: the model's own token";
+  if (verified.refused.length) {
+    note.append("; it refused the proposal ");
+    const refused = document.createElement("span");
+    refused.className = "refused";
+    refused.textContent = verified.refused.map((token) => JSON.stringify(token.text)).join(" ");
+    note.append(refused);
+  }
+  return note;
+}
+
+// A verification pass comes after its tokens: mark the last `tokens` of them, the accepted
+// ones, and the model's own where it refused the rest of the proposal.
+function markPass(verified) {
+  const spans = $("tokens").querySelectorAll(".token:not(.prompt)");
+  const first = spans.length - verified.tokens;
+  for (let offset = 0; offset < verified.tokens; offset++) {
+    const accepted = offset < verified.accepted;
+    const refused = accepted ? [] : verified.proposed.slice(verified.accepted);
+    if (accepted) spans[first + offset].classList.add("accepted");
+    else if (refused.length) spans[first + offset].classList.add("refused-here");
+    state.passes[first + offset] = { accepted, refused };
+  }
+}
+
 
 // ---- Generation ---------------------------------------------------------------------------
 
@@ -148,6 +189,7 @@ async function generate() {
   $("tokens").replaceChildren();
   $("output").textContent = "";
   state.steps = [];
+  state.passes = [];  // per new token: {accepted, refused} where a verification pass gave it
   state.cacheHistory = [];
   state.attention = null;  // the last map and its read-out describe the previous sequence
   $("heatmap").replaceChildren();
@@ -177,6 +219,8 @@ function onEvent(event) {
     state.steps.push(event.logprob);
     state.ids.push(event.logprob.token);
     addToken(event.logprob.text, state.ids.length - 1, event.logprob);
+  } else if (event.speculation) {
+    markPass(event.speculation);
   } else if (event.cache) {
     state.cacheHistory.push(event.cache.seq_len);
     renderCache(event.cache);
@@ -189,7 +233,11 @@ function onEvent(event) {
     const shape = result.constraint
       ? ` · shaped by ${result.constraint.kind}: ${result.constraint.complete ? "complete" : "INCOMPLETE"}`
       : "";
-    setStatus(`${result.token_ids.length} tokens (${result.finish_reason}) in ${result.mode} mode${speed}${shape}`);
+    const speculation = result.speculation;
+    const speculated = speculation
+      ? ` · speculate ${speculation.method}: ${speculation.accepted} of ${speculation.proposed} proposals accepted`
+      : "";
+    setStatus(`${result.token_ids.length} tokens (${result.finish_reason}) in ${result.mode} mode${speed}${shape}${speculated}`);
     if (!result.cache_snapshots || !result.cache_snapshots.length) renderCache(null, result.mode);
   } else if (event.error) {
     throw new Error(event.error.message);
@@ -242,7 +290,7 @@ function renderCache(snapshot, mode) {
   const allocated = snapshot.layers.reduce((sum, layer) => sum + layer.bytes, 0);
   $("cache-summary").textContent =
     `after token ${snapshot.new_tokens}: ${snapshot.seq_len} positions held · ` +
-    `${bytes(used)} used of ${bytes(allocated)} allocated`;
+    `${bytes(used)} used of ${bytes(allocated)} allocated` + (snapshot.event ? ` · ${snapshot.event}` : "");
   const head = table.createTHead().insertRow();
   for (const title of ["layer", "keys", "values", "dtype", "used", "allocated (positions)"]) {
     const cell = document.createElement("th");

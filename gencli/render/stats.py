@@ -38,12 +38,16 @@ def speculation_note(speculation: dict[str, Any] | None) -> str:
     if speculation is None:
         return ""
     rate, per_pass = speculation["acceptance_rate"], speculation["tokens_per_pass"]
-    accepted = "-" if rate is None else f"{rate:.0%}"
+    proposals = (
+        "nothing proposed"
+        if rate is None
+        else f"{rate:.0%} of {plural(speculation['proposed'], 'proposal')} accepted"
+    )
+    saved = speculation["passes_saved"]
     return (
-        f" · speculate {speculation['method']}: {accepted} of "
-        f"{plural(speculation['proposed'], 'proposal')} accepted, "
+        f" · speculate {speculation['method']}: {proposals}, "
         f"{'-' if per_pass is None else f'{per_pass:.2f}'} tokens/pass, "
-        f"{speculation['passes_saved']} {'pass' if speculation['passes_saved'] == 1 else 'passes'} saved"
+        f"{saved} {'pass' if saved == 1 else 'passes'} saved"
     )
 
 

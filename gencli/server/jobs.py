@@ -40,7 +40,8 @@ class Job:
     request: ParsedRequest
     loop: asyncio.AbstractEventLoop
     # Text as it is decoded, a token's worth at a time; step events {"logprob": ...} (each just
-    # before its token's text) and {"cache": ...}; None ends.
+    # before its token's text), {"cache": ...} and {"speculation": ...} (a verification pass,
+    # after its tokens); None ends.
     chunks: asyncio.Queue[str | dict[str, Any] | None] = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     done: asyncio.Future[GenerationResult] = field(init=False)
@@ -52,7 +53,8 @@ class Job:
         self.loop.call_soon_threadsafe(self.chunks.put_nowait, text)
 
     def send_step(self, kind: str, record: dict[str, Any]) -> None:
-        """A step event: "logprob" (a token's log-probabilities) or "cache" (a cache snapshot)."""
+        """A step event: "logprob" (a token's log-probabilities), "cache" (a cache snapshot) or
+        "speculation" (a verification pass)."""
         self.loop.call_soon_threadsafe(self.chunks.put_nowait, {kind: record})
 
     def finish(self, result: GenerationResult | None, problem: Exception | None = None) -> None:

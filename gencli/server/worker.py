@@ -155,6 +155,7 @@ class Worker:
                     top_logprobs=request.top_logprobs,
                     on_logprob=lambda record: job.send_step("logprob", record),
                     on_snapshot=lambda snapshot: job.send_step("cache", snapshot.to_dict()),
+                    on_pass=lambda record: job.send_step("speculation", record),
                 )
             else:
                 result = score_prompt(self.loaded, request.prompt, request.mode, request.top_logprobs)

@@ -9,6 +9,8 @@ from playwright.sync_api import Page, expect
 from typer.testing import CliRunner
 
 from gencli.cli import app
+from gencli.generation import generate_text
+from gencli.settings import resolve
 
 runner = CliRunner()
 PROMPT = "The cat sat on the mat"
@@ -199,3 +201,33 @@ def test_a_field_the_browser_refuses_says_why(explore: Page):
     explore.click("#generate")
     expect(explore.locator("#status")).to_contain_text("Temperature: ")
     expect(explore.locator("#status")).to_have_class("error")
+
+
+def test_speculation_marks_accepted_tokens_and_the_refused_proposals(explore: Page, tiny):
+    prompt = "one two three four one two three four one two"
+    explore.fill("#prompt", prompt)
+    explore.fill("#max-tokens", "12")
+    explore.fill("#repetition-penalty", "1")
+    explore.fill("#no-repeat-ngram", "0")
+    explore.select_option("#speculate", "ngram")
+    explore.click("#generate")
+    expect(explore.locator("#status")).to_contain_text("12 tokens (length)")
+    settings = dict(max_new_tokens=12, repetition_penalty=1.0, no_repeat_ngram_size=0, speculate="ngram")
+    local = generate_text(tiny, prompt, "kv-cache", resolve().settings.decoding.model_copy(update=settings))
+    stats = local.speculation
+    expect(explore.locator("#status")).to_contain_text(
+        f"speculate ngram: {stats['accepted']} of {stats['proposed']} proposals accepted"
+    )
+    assert stats["accepted"] > 0 and stats["accepted"] < stats["proposed"]
+    tokens = explore.locator(".token:not(.prompt)")
+    marks = [tokens.nth(n).get_attribute("class") for n in range(12)]
+    expected = []
+    for step in stats["steps"]:  # accepted, then the model's own: marked where it refused the rest
+        expected += ["accepted"] * step["accepted"]
+        expected += ["refused-here" if step["accepted"] < len(step["proposed"]) else ""]
+    shown = [next((m for m in ("accepted", "refused-here") if m in c.split()), "") for c in marks[1:]]
+    assert shown == expected
+    explore.locator(".token.accepted").first.hover()
+    expect(explore.locator("#alternatives")).to_contain_text("speculation: proposed, and the model agreed")
+    explore.locator(".token.refused-here").first.hover()
+    expect(explore.locator("#alternatives .refused")).to_be_visible()
