@@ -40,12 +40,17 @@ OPTIONS = {
 }
 
 
-@pytest.fixture(scope="module", params=[(0, {}), (1, {"n_layer": 3, "n_head": 2, "n_embd": 32})])
-def model(request, tmp_path_factory) -> LoadedModel:
-    """Random small GPT-2s of two shapes; a random model's greedy text soon repeats itself."""
-    seed, config = request.param
-    folder = save_tiny_model(tmp_path_factory.mktemp("model"), seed=seed, **config)
+@pytest.fixture(scope="module")
+def other_shape(tmp_path_factory) -> LoadedModel:
+    """A random small GPT-2 of another shape than `tiny` (3 layers, 2 heads of 16)."""
+    folder = save_tiny_model(tmp_path_factory.mktemp("model"), seed=1, n_layer=3, n_head=2, n_embd=32)
     return load_model(str(folder), device="cpu")
+
+
+@pytest.fixture(params=["tiny", "other_shape"])
+def model(request) -> LoadedModel:
+    """Random small GPT-2s of two shapes; a random model's greedy text soon repeats itself."""
+    return request.getfixturevalue(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +79,8 @@ def test_prompt_lookup_gives_the_tokens_of_a_run_without_it(model, mode, extra):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("extra", list(OPTIONS))
-def test_a_draft_model_gives_the_tokens_of_a_run_without_it(model, draft_dir, mode, extra):
+def test_a_draft_model_gives_the_tokens_of_a_run_without_it(other_shape, draft_dir, mode, extra):
+    model = other_shape
     plain = generate_text(model, PROMPTS[1], mode, options(**OPTIONS[extra]))
     # A draft whose proposals are mostly refused, then the model as its own draft (all accepted).
     for draft, tokens in ((draft_dir, 3), (model.folder, 8)):
@@ -105,17 +111,31 @@ def test_a_speculative_run_counts_its_passes_and_shows_them_in_the_cache_steps(m
             "tokens_per_pass": 19 / 4,
             "passes_saved": 15,
             "steps": [
-                {"proposed": run.token_ids[1:5], "accepted": 4, "written": prompt + 5, "kept": prompt + 5},
-                {"proposed": run.token_ids[6:10], "accepted": 4, "written": prompt + 10, "kept": prompt + 10},
+                {
+                    "proposed": run.token_ids[1:5],
+                    "accepted": 4,
+                    "tokens": 5,
+                    "written": prompt + 5,
+                    "kept": prompt + 5,
+                },
+                {
+                    "proposed": run.token_ids[6:10],
+                    "accepted": 4,
+                    "tokens": 5,
+                    "written": prompt + 10,
+                    "kept": prompt + 10,
+                },
                 {
                     "proposed": run.token_ids[11:15],
                     "accepted": 4,
+                    "tokens": 5,
                     "written": prompt + 15,
                     "kept": prompt + 15,
                 },
                 {
                     "proposed": run.token_ids[16:19],
                     "accepted": 3,
+                    "tokens": 4,
                     "written": prompt + 19,
                     "kept": prompt + 19,
                 },
@@ -147,7 +167,8 @@ def test_a_refused_proposal_is_rolled_back(model, draft_dir):
 
 
 @pytest.mark.parametrize("speculate", ["ngram", "draft"])
-def test_seeded_sampling_gives_the_same_tokens_in_the_hand_written_modes(model, draft_dir, speculate):
+def test_seeded_sampling_gives_the_same_tokens_in_the_hand_written_modes(other_shape, draft_dir, speculate):
+    model = other_shape
     settings = options(
         sample=True, seed=3, temperature=1.2, top_k=50, speculate=speculate, draft_model=str(draft_dir)
     )
@@ -205,7 +226,8 @@ def test_hugging_face_dynamic_cache_is_cropped_on_its_own(tiny):
         torch.testing.assert_close(ours.values, theirs.values, atol=1e-6, rtol=0)
 
 
-def test_batch_rows_with_different_acceptance_each_give_their_solo_tokens(model, draft_dir):
+def test_batch_rows_with_different_acceptance_each_give_their_solo_tokens(other_shape, draft_dir):
+    model = other_shape
     prompts = [PROMPTS[0], "Hello world! The meaning of life is", PROMPTS[1]]
     for speculation in ({"speculate": "ngram"}, {"speculate": "draft", "draft_model": str(draft_dir)}):
         batched = generate_batch(model, prompts, "kv-cache", options(**speculation, speculative_tokens=5))
