@@ -192,12 +192,17 @@ class DraftProposer(Proposer):
 
 
 def judge(
-    scores: torch.Tensor, proposal: Proposal, index: int, sample: bool
+    scores: torch.Tensor,
+    proposal: Proposal,
+    index: int,
+    sample: bool,
+    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's token at a proposed position ([batch]) and whether it is the proposed one.
 
     `scores` ([batch, vocab]) are the processed scores at that position. Greedy: the argmax,
-    accepted when it is the proposal. Sampling: the speculative sampling rule (module docstring)."""
+    accepted when it is the proposal. Sampling: the speculative sampling rule (module docstring),
+    drawing from `generator` (a served row's own stream) or the global one."""
     proposed = proposal.tokens[:, index]  # [batch]
     if not sample:
         token = torch.argmax(scores, dim=-1)
@@ -209,12 +214,14 @@ def judge(
     else:
         q = proposal.probs[:, index].to(probs.dtype)
     q_proposed = q.gather(1, proposed[:, None])[:, 0]
-    accepted = torch.rand(p_proposed.shape, device=probs.device) * q_proposed < p_proposed
+    accepted = (
+        torch.rand(p_proposed.shape, device=probs.device, generator=generator) * q_proposed < p_proposed
+    )
     residual = (probs - q).clamp(min=0)  # (p - q)+: [batch, vocab]
     mass = residual.sum(dim=-1, keepdim=True)
     # p = q leaves no residual, and then a proposal is never refused.
     residual = torch.where(mass > 0, residual / mass.clamp(min=torch.finfo(probs.dtype).tiny), probs)
-    resampled = torch.multinomial(residual, num_samples=1).squeeze(1)
+    resampled = torch.multinomial(residual, num_samples=1, generator=generator).squeeze(1)
     return torch.where(accepted, proposed, resampled), accepted
 
 

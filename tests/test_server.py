@@ -889,18 +889,37 @@ def test_what_cannot_shape_an_answer_is_a_400_naming_the_field(served, body, par
     assert error["param"] == param and fragment in error["message"], error
 
 
-def test_a_request_may_ask_for_speculation_and_gets_its_solo_tokens(tiny, client, served):
-    prompts = ["one two three four one two three four one", "It is a truth universally", "a b a b a b"]
+def test_requests_with_prompt_lookup_keep_their_solo_tokens_and_may_not_name_a_draft(tiny, served):
+    prompts = ["one two three four one two three four one", "a b a b a b a b", "It is a truth universally"]
+    body = {"max_tokens": 12, "temperature": 0, "speculate": "ngram", "no_repeat_ngram_size": 0}
 
     def complete(prompt):
-        return client.completions.create(
-            model=tiny.name, prompt=prompt, max_tokens=8, temperature=0, extra_body={"speculate": "ngram"}
+        reply = httpx.post(
+            served.url + "/v1/completions",
+            json={"prompt": prompt, **body},
+            headers=headers(served),
+            timeout=60,
         )
+        return reply.json()["choices"][0]["text"]
 
-    with ThreadPoolExecutor(3) as pool:  # at once: each verifies alone, none waits on the others' steps
-        completions = list(pool.map(complete, prompts))
-    for prompt, completion in zip(prompts, completions, strict=True):
-        assert completion.choices[0].text == local(tiny, prompt).text
+    with ThreadPoolExecutor(3) as pool:
+        texts = list(pool.map(complete, prompts))
+    assert texts == [local(tiny, prompt, max_new_tokens=12).text for prompt in prompts]
+    record = httpx.post(
+        served.url + "/v1/generate",
+        json={
+            "prompt": prompts[1],
+            "speculate": "ngram",
+            "max_new_tokens": 12,
+            "repetition_penalty": 1.0,
+            "no_repeat_ngram_size": 0,
+        },
+        headers=headers(served),
+    ).json()
+    assert record["token_ids"] == local(tiny, prompts[1], max_new_tokens=12).token_ids
+    speculation = record["speculation"]
+    assert speculation["method"] == "ngram"
+    assert speculation["passes"] + speculation["accepted"] == 11  # every token after the prefill's
     refused = httpx.post(
         served.url + "/v1/completions",
         json={"prompt": "Hi", "speculate": "draft", "draft_model": "demo"},

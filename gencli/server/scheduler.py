@@ -10,6 +10,11 @@ leave rebuilds the cache from the keys and values the rows hold (a copy, no reco
 Each row keeps its own settings: its logits processors and stopping criteria see its own tokens
 only, and a sampled row draws from its own generator, seeded as a run alone seeds the global one,
 so a request gives the tokens it gives alone (greedy equal to rounding, as `gencli batch`).
+
+Rows that ask for prompt lookup (`speculate = "ngram"`) each propose their own tokens; when every
+row has a proposal, one pass verifies them all (gencli.speculative) and the batch keeps as many
+positions as the row that accepted the fewest, so greedy rows still give their solo tokens (a
+sampled row follows the model's distribution, drawn in another order than alone).
 Nothing else in the server knows how requests are batched: the worker hands jobs over and gets
 results back through the jobs.
 """
@@ -22,6 +27,7 @@ from typing import Any
 
 import torch
 
+from gencli.cache import crop_cache
 from gencli.engines.base import CachedStepEngine
 from gencli.gemv import packed_few_row_products
 from gencli.generation import (
@@ -42,6 +48,7 @@ from gencli.prefix import CachedPrefix
 from gencli.results import GenerationResult, Timings
 from gencli.sampling import build_logits_processors, select_next_token
 from gencli.server.jobs import Job
+from gencli.speculative import PromptLookup, Proposal, SpeculationStats, judge
 from gencli.threads import adapt_threads
 
 BATCHED_MODES = ("kv-cache", "scratch")
@@ -51,15 +58,15 @@ MAX_BATCH = 8  # rows decoded together; more wait in the queue
 def batchable(job: Job) -> bool:
     """Whether a job can run in a batch: a generation in a mode whose engine steps with a cache
     (`generate` runs inside Hugging Face's loop, `greedy` keeps no cache), without cache
-    snapshots (they describe one request's cache), an echoed prompt (scored on its own) or
-    speculation (a batch steps a token per row; a speculative request verifies alone)."""
+    snapshots (they describe one request's cache), an echoed prompt (scored on its own) or a
+    draft model (whose own cache would have to be batched too: such a request verifies alone)."""
     request = job.request
     return (
         request.mode in BATCHED_MODES
         and request.generates
         and request.inspect_cache is None
         and not request.echo
-        and request.options.speculate == "none"
+        and request.options.speculate != "draft"
     )
 
 
@@ -88,6 +95,8 @@ class Row:
         self.generator = None
         if options.samples:
             self.generator = torch.Generator(device=loaded.device).manual_seed(self.seed)
+        self.proposer = PromptLookup(options.no_repeat_ngram_size) if options.speculate == "ngram" else None
+        self.speculation = SpeculationStats(options.speculate, options.speculative_tokens)
         self.text = TextCallbackStreamer(loaded.tokenizer, job.send, options.skip_special_tokens)
         self.new_ids: list[int] = []
         self.logprobs: list[dict[str, Any]] | None = None if request.top_logprobs is None else []
@@ -102,11 +111,27 @@ class Row:
         """Positions the row's keys and values take in the cache: all but the newest token."""
         return self.sequence.shape[1] - 1
 
-    def choose(self, logits: torch.Tensor) -> None:
-        """Take the next token from this row's logits ([1, vocab]), as a run alone does."""
+    def propose(self) -> Proposal | None:
+        """What prompt lookup proposes after the row's tokens, as many as its room allows; None
+        for a row that does not speculate."""
+        if self.proposer is None:
+            return None
+        options = self.job.request.options
+        room = options.max_new_tokens - len(self.new_ids) - 1  # the pass adds a token of its own
+        active = torch.ones(1, dtype=torch.bool)
+        return self.proposer.propose(self.sequence, None, min(options.speculative_tokens, room), active)
+
+    def choose(self, logits: torch.Tensor, proposal: Proposal | None = None, index: int = 0) -> bool:
+        """Take the next token from this row's logits ([1, vocab]), as a run alone does, or judge
+        `proposal`'s token at `index` by the speculative rule; return whether it was accepted."""
         options = self.job.request.options
         scores = self.processors(self.sequence, logits.to(dtype=torch.float32))
-        token = select_next_token(scores, options.samples, self.generator)
+        accepted = False
+        if proposal is None:
+            token = select_next_token(scores, options.samples, self.generator)
+        else:
+            token, verdict = judge(scores, proposal, index, options.samples, self.generator)
+            accepted = bool(verdict[0])
         if self.logprobs is not None:
             count = self.job.request.top_logprobs
             unshaped = logits[0].float() if self.shaped else None
@@ -119,6 +144,7 @@ class Row:
         self.token_times_s.append(time.perf_counter() - self.started)
         self.text.put(token.cpu())
         self.done = bool(self.stopping(self.sequence, scores).any())
+        return accepted
 
     def result(self) -> GenerationResult:
         self.text.end()
@@ -140,6 +166,7 @@ class Row:
             request.options,
             prompt_cache_tokens=self.reused,
             logprobs=self.logprobs,
+            speculation=None if self.proposer is None else self.speculation.to_dict(),
         )
 
 
@@ -176,17 +203,54 @@ class Batch:
         self.rows += [row for row, _, _ in prefilled]
 
     def step(self) -> list[Row]:
-        """One token for every row; returns the rows that finished, which have left."""
+        """One token for every row, or with every row's proposal as many as the batch accepts;
+        returns the rows that finished, which have left."""
         adapt_threads()
+        proposals = [row.propose() for row in self.rows]
+        length = min((0 if proposal is None else proposal.length for proposal in proposals), default=0)
         with torch.inference_mode():
             newest = torch.cat([row.sequence[:, -1:] for row in self.rows])  # [rows, 1]
-            self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=-1)
-            positions = position_ids(self.mask)[:, -1:]
+            if length:
+                proposed = torch.cat([proposal.tokens[:, :length] for proposal in proposals])
+                newest = torch.cat([newest, proposed], dim=1)  # [rows, 1 + length]
+            width = self.mask.shape[1]
+            self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1 + length)], dim=-1)
+            positions = position_ids(self.mask)[:, -(1 + length) :]
             with packed_few_row_products():  # the rows' products at bandwidth (gencli.gemv)
-                logits = self.engine.next_logits(self.cache, newest, self.mask, positions)  # [rows, vocab]
-        for index, row in enumerate(self.rows):
-            row.choose(logits[index : index + 1])
+                logits = self.engine.logits(self.cache, newest, self.mask, positions, keep=1 + length)
+        if not length:
+            for index, row in enumerate(self.rows):
+                row.choose(logits[index : index + 1, 0])
+                row.speculation.passes += 1  # a plain step is a pass without a proposal
+                row.speculation.tokens += 1
+            return self.drop_finished()
+        kept = self._verify(logits, [Proposal(p.tokens[:, :length]) for p in proposals])
+        # The pass wrote 1 + length positions a row; every row keeps its newest token's and the
+        # accepted ones' (the token chosen last is run by the next step).
+        crop_cache(self.cache, width + kept)
+        self.mask = self.mask[:, : width + kept]
         return self.drop_finished()
+
+    def _verify(self, logits: torch.Tensor, proposals: list[Proposal]) -> int:
+        """Choose every row's tokens from a verification pass's logits ([rows, 1 + length,
+        vocab]) until a row refuses its proposal; return how many positions the rows took."""
+        length = proposals[0].length
+        for index in range(length + 1):
+            refused = False
+            for number, (row, proposal) in enumerate(zip(self.rows, proposals, strict=True)):
+                if row.done:
+                    continue
+                judged = proposal if index < length else None
+                accepted = row.choose(logits[number : number + 1, index], judged, index)
+                row.speculation.tokens += 1
+                row.speculation.accepted += int(accepted)
+                refused |= not accepted
+            if refused or all(row.done for row in self.rows):
+                break
+        for row in self.rows:
+            row.speculation.passes += 1
+            row.speculation.proposed += length
+        return index + 1
 
     def drop_finished(self) -> list[Row]:
         finished = [row for row in self.rows if row.done or row.job.cancelled.is_set()]

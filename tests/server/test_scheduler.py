@@ -86,3 +86,31 @@ def test_no_more_rows_than_the_batch_holds(tiny):
     requests = [(f"Prompt {i}", DecodingOptions(max_new_tokens=2)) for i in range(MAX_BATCH + 2)]
     results = run(tiny, "kv-cache", requests, joins_at=[0] * len(requests))
     assert all(len(result.token_ids) == 2 for result in results)
+
+
+def test_rows_with_prompt_lookup_verify_together_and_give_their_solo_tokens(tiny, monkeypatch):
+    # A pass verifies the rows together when each has a proposal: prompts the tiny model repeats.
+    speculating = DecodingOptions(max_new_tokens=14, speculate="ngram", speculative_tokens=3)
+    repeating = "one two three four one two three four one two"
+    requests = [
+        (repeating, speculating),
+        (repeating, speculating.model_copy(update={"max_new_tokens": 9, "speculative_tokens": 5})),
+        (repeating + " three", speculating.model_copy(update={"speculative_tokens": 2})),
+        ("It is a truth universally", speculating),
+    ]
+    passes = []
+    original = Batch._verify
+
+    def verify(self, logits, proposals):
+        kept = original(self, logits, proposals)
+        passes.append((len(self.rows), proposals[0].length, kept))
+        return kept
+
+    monkeypatch.setattr(Batch, "_verify", verify)
+    results = run(tiny, "kv-cache", requests, joins_at=[0, 0, 1, 9])
+    assert any(rows > 1 for rows, _, _ in passes)  # rows verified in one pass
+    assert any(kept < length + 1 for _, length, kept in passes)  # a refusal rolled the batch back
+    for (prompt, options), result in zip(requests, results, strict=True):
+        alone = generate_text(tiny, prompt, "kv-cache", options.model_copy(update={"speculate": "none"}))
+        assert result.token_ids == alone.token_ids, prompt
+        assert result.speculation["method"] == "ngram"
