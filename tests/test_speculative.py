@@ -66,15 +66,18 @@ def options(**values) -> DecodingOptions:
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("extra", list(OPTIONS))
 def test_prompt_lookup_gives_the_tokens_of_a_run_without_it(model, mode, extra):
-    for prompt, proposed in zip(PROMPTS, ((1, 8), (3,)), strict=True):
+    proposed = 0
+    for prompt, counts in zip(PROMPTS, ((1, 8), (3,)), strict=True):
         plain = generate_text(model, prompt, mode, options(**OPTIONS[extra]))
-        for tokens in proposed:
+        for tokens in counts:
             run = generate_text(
                 model, prompt, mode, options(**OPTIONS[extra], speculate="ngram", speculative_tokens=tokens)
             )
             assert run.token_ids == plain.token_ids, (prompt, tokens)
             assert run.finish_reason == plain.finish_reason
-            assert run.speculation["passes"] <= len(run.token_ids) - 1
+            proposed += run.speculation["proposed"]
+    if extra == "greedy":  # the random models repeat themselves: proposals were verified
+        assert proposed > 0
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -170,7 +173,7 @@ def test_a_refused_proposal_is_rolled_back(model, draft_dir):
 def test_seeded_sampling_gives_the_same_tokens_in_the_hand_written_modes(other_shape, draft_dir, speculate):
     model = other_shape
     settings = options(
-        sample=True, seed=3, temperature=1.2, top_k=50, speculate=speculate, draft_model=str(draft_dir)
+        sample=True, seed=3, temperature=0.5, top_k=50, speculate=speculate, draft_model=str(draft_dir)
     )
     runs = {
         mode: generate_text(model, PROMPTS[0], mode, settings) for mode in ("kv-cache", "scratch", "greedy")
@@ -254,6 +257,7 @@ def test_prompt_lookup_continues_the_latest_occurrence_of_the_longest_match():
     assert continuation([1, 2, 3, 9, 1, 2, 3, 7, 8, 2, 3], 2) == [7, 8]  # "2 3" last seen before 7
     assert continuation([5, 6, 7, 5, 6], 4) == [7, 5, 6]
     assert continuation([1, 2, 3], 4) == []
+    assert continuation([4, 1, 2, 4], 2) == [1, 2]  # down to one token's earlier occurrence
     # Under no_repeat_ngram_size 3 a copy is banned from its first token that repeats a 3-gram.
     assert unbanned_length([1, 2, 3, 4, 1, 2], [3, 4], 3) == 0
     assert unbanned_length([1, 2, 3, 4, 1], [2, 5], 3) == 2
