@@ -279,8 +279,9 @@ class VerifiedPass:
 
 @dataclass
 class Speculator:
-    """Propose -> verify -> accept -> roll back, for every hand-written mode, `gencli batch` and
-    the server alike; `tokens` per pass at most."""
+    """Propose -> verify -> accept -> roll back, for every hand-written mode, `gencli batch`, chat
+    and the server's requests that run alone (its continuous batch verifies with the same parts:
+    `server.scheduler.Batch`); `tokens` proposed per pass at most."""
 
     proposer: Proposer
     tokens: int

@@ -15,8 +15,9 @@ from transformers.generation.stopping_criteria import MaxLengthCriteria
 from gencli.cache import crop_cache
 from gencli.engines import ENGINES, DecodeRequest
 from gencli.errors import GencliError
-from gencli.generation import generate_batch, generate_text
+from gencli.generation import PromptCacheFile, generate_batch, generate_text
 from gencli.loading import LoadedModel, load_model
+from gencli.prefix import CachedPrefix
 from gencli.settings import MODES, DecodingOptions
 from gencli.speculative import (
     DraftProposer,
@@ -323,3 +324,26 @@ def test_speculative_sampling_end_to_end_follows_the_model(tmp_path):
                 continue
             logits = model(torch.tensor([[1, 4, 2, first]])).logits[0, -1]
             assert chi_square_p(chosen, torch.softmax(logits, -1)) > 0.001, first
+
+
+def test_the_prompt_cache_and_a_chat_prefix_work_as_without_speculation(tiny, tmp_path):
+    model = tiny
+    settings = options(speculate="ngram", speculative_tokens=3)
+    plain = generate_text(model, PROMPTS[0], "kv-cache", options())
+    stored = PromptCacheFile(tmp_path / "prompt.cache")
+    first = generate_text(model, PROMPTS[0], "kv-cache", settings, prompt_cache=stored)
+    again = generate_text(model, PROMPTS[0], "kv-cache", settings, prompt_cache=stored)
+    assert first.token_ids == again.token_ids == plain.token_ids
+    assert first.prompt_cache_tokens == 0 and again.prompt_cache_tokens == len(plain.prompt_token_ids) - 1
+    # A session's cache after a speculative turn holds the same positions as after a plain one.
+    engine = model.engine("kv-cache")
+    speculated, alone = CachedPrefix(engine.new_cache(128)), CachedPrefix(engine.new_cache(128))
+    generate_text(model, PROMPTS[0], "kv-cache", settings, prefix=speculated)
+    generate_text(model, PROMPTS[0], "kv-cache", options(), prefix=alone)
+    assert speculated.token_ids == alone.token_ids
+    assert speculated.cache.get_seq_length() == alone.cache.get_seq_length()
+    # The next turn: the transcript so far and a new token; it reuses every position held.
+    follow_up = plain.prompt_token_ids + plain.token_ids + [13]
+    turn = generate_text(model, follow_up, "kv-cache", settings, prefix=speculated)
+    assert turn.token_ids == generate_text(model, follow_up, "kv-cache", options()).token_ids
+    assert turn.prompt_cache_tokens == alone.cache.get_seq_length()
