@@ -35,9 +35,8 @@ from transformers import LogitsProcessorList
 
 from gencli.errors import GencliError
 from gencli.gemv import packed_few_row_products
-from gencli.sampling import build_logits_processors, select_next_token
+from gencli.sampling import build_logits_processors
 from gencli.settings import DecodingOptions
-from gencli.threads import adapt_threads
 
 if TYPE_CHECKING:
     from gencli.engines.base import DecodeRequest, StepEngine
@@ -279,8 +278,9 @@ class VerifiedPass:
 
 @dataclass
 class Speculator:
-    """Propose -> verify -> accept -> roll back, for every hand-written mode, `gencli batch`, chat
-    and the server's requests that run alone (its continuous batch verifies with the same parts:
+    """The proposing side of the one decoding loop (`engines.base.decode_n_tokens`): propose and
+    verify, count, roll back. Every hand-written mode, `gencli batch`, chat and the server's
+    requests that run alone use it (the server's continuous batch verifies with the same parts:
     `server.scheduler.Batch`); `tokens` proposed per pass at most."""
 
     proposer: Proposer
@@ -289,6 +289,9 @@ class Speculator:
     # Hears each pass when it is done (cache snapshots, the explore page's marks).
     on_pass: Callable[[VerifiedPass], None] | None = None
     passes: list[VerifiedPass] = field(default_factory=list)
+    # The current pass's tokens so far, and how many were accepted (the first row's, for `on_pass`).
+    _added: int = field(default=0, repr=False)
+    _accepted: int = field(default=0, repr=False)
 
     def record(self) -> dict[str, Any]:
         """What a run's record says of its speculation: the counts, and each pass where known."""
@@ -297,73 +300,42 @@ class Speculator:
             record["steps"] = [asdict(verified) for verified in self.passes]
         return record
 
-    def decode(self, engine: StepEngine, request: DecodeRequest, logits: torch.Tensor) -> torch.Tensor:
-        """`decode_n_tokens` with proposals: the same tokens, in fewer forward passes. `logits`
-        ([batch, vocab]) are the prefill's."""
-        processors = request.logits_processors()
-        sequence, attention_mask = request.input_ids, request.attention_mask
-        prompt_width, batch = sequence.shape[1], sequence.shape[0]
-        unfinished = torch.ones(batch, dtype=torch.bool, device=sequence.device)
-        samples = request.options.samples
-        proposal = Proposal(sequence.new_zeros(batch, 0))
-        rows = logits[:, None]  # [batch, proposal + 1, vocab]: the prefill's one row to begin with
-        while True:
-            accepted_here = added_here = 0  # the first row's, for `on_pass`
-            for index in range(proposal.length + 1):
-                scores = processors(sequence, rows[:, index].to(dtype=torch.float32))
-                if index < proposal.length:
-                    token, accepted = judge(scores, proposal, index, samples)
-                else:  # past the proposal: the model's own token, as in a plain step
-                    token, accepted = select_next_token(scores, samples), torch.zeros_like(unfinished)
-                if request.on_scores is not None:
-                    request.on_scores(scores, token, rows[:, index])
-                token = torch.where(unfinished, token, request.pad_token_id)
-                sequence = torch.cat([sequence, token[:, None]], dim=-1)
-                if attention_mask is not None:
-                    attention_mask = torch.cat(
-                        [attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], -1
-                    )
-                if self.stats.passes:  # the prefill's token is no pass's
-                    self.stats.tokens += 1
-                    self.stats.accepted += int((accepted & unfinished).sum())
-                    accepted_here += int(accepted[0])
-                    added_here += 1
-                if request.streamer is not None:
-                    request.streamer.put(token.cpu())
-                unfinished &= ~request.stopping(sequence, scores)
-                # A row that refused its proposal ends the pass for all: its next token needs one.
-                if not unfinished.any() or not bool((accepted | ~unfinished).all()):
-                    break
-            if self.stats.passes:
-                self._rolled_back(engine, request.cache, sequence, proposal, accepted_here, added_here)
-            if not unfinished.any():
-                return sequence
-            adapt_threads()
-            room = request.options.max_new_tokens - (sequence.shape[1] - prompt_width)
-            # The pass itself gives one token: proposing more than `room - 1` writes past the cache.
-            proposal = self.proposer.propose(sequence, attention_mask, min(self.tokens, room - 1), unfinished)
-            self.stats.proposed += proposal.length * int(unfinished.sum())
-            candidate = torch.cat([sequence, proposal.tokens], dim=-1)  # [batch, length + proposal]
-            candidate_mask = attention_mask
-            if attention_mask is not None:
-                candidate_mask = torch.cat(
-                    [attention_mask, attention_mask.new_ones(batch, proposal.length)], -1
-                )
-            # A few rows' products on weights packed for them (gencli.gemv): 1.5-2x a one-row
-            # product's time for 5 rows, where the unpacked ones take 3x.
-            with packed_few_row_products():
-                rows = engine.run(request.cache, candidate, candidate_mask, proposal.length + 1)
-            self.stats.passes += 1
-
-    def _rolled_back(
+    def verify(
         self,
         engine: StepEngine,
-        cache: Any,
+        request: DecodeRequest,
         sequence: torch.Tensor,
-        proposal: Proposal,
-        accepted: int,
-        added: int,
-    ) -> None:
+        attention_mask: torch.Tensor | None,
+        unfinished: torch.Tensor,
+    ) -> tuple[Proposal, torch.Tensor]:
+        """Propose after `sequence` and run the newest token and the proposal in one pass;
+        returns the proposal and the logits after each of them, [batch, 1 + proposed, vocab]."""
+        room = request.options.max_new_tokens - (sequence.shape[1] - request.input_ids.shape[1])
+        # The pass itself gives one token: proposing more than `room - 1` writes past the cache.
+        proposal = self.proposer.propose(sequence, attention_mask, min(self.tokens, room - 1), unfinished)
+        self.stats.proposed += proposal.length * int(unfinished.sum())
+        self.stats.passes += 1
+        self._accepted = self._added = 0
+        candidate = torch.cat([sequence, proposal.tokens], dim=-1)  # [batch, length + proposed]
+        if attention_mask is not None:
+            attention_mask = torch.cat(
+                [attention_mask, attention_mask.new_ones(attention_mask.shape[0], proposal.length)], -1
+            )
+        # A few rows' products on weights packed for them (gencli.gemv): 1.5-2x a one-row
+        # product's time for 5 rows, where the unpacked ones take 3x.
+        with packed_few_row_products():
+            return proposal, engine.run(request.cache, candidate, attention_mask, proposal.length + 1)
+
+    def count(self, accepted: torch.Tensor | None, unfinished: torch.Tensor) -> None:
+        """A token the current pass gave; `accepted` ([batch]): where it was the proposed one
+        (None past the proposal)."""
+        self.stats.tokens += 1
+        self._added += 1
+        if accepted is not None:
+            self.stats.accepted += int((accepted & unfinished).sum())
+            self._accepted += int(accepted[0])
+
+    def roll_back(self, engine: StepEngine, cache: Any, sequence: torch.Tensor, proposal: Proposal) -> None:
         """Crop the cache to every token but the newest (the next pass runs it), tell the
         proposer what was kept, and report the pass."""
         written = None if cache is None else int(cache.get_seq_length())
@@ -372,9 +344,9 @@ class Speculator:
         self.proposer.keep(kept)
         verified = VerifiedPass(
             proposed=proposal.tokens[0].tolist(),
-            accepted=accepted,
-            tokens=added,
-            written=kept - accepted + proposal.length if written is None else written,
+            accepted=self._accepted,
+            tokens=self._added,
+            written=kept - self._accepted + proposal.length if written is None else written,
             kept=kept,
         )
         self.passes.append(verified)

@@ -15,11 +15,11 @@ from gencli.cache import crop_cache
 from gencli.padding import pad_token_id, padding_lengths, position_ids
 from gencli.sampling import build_logits_processors, end_token_ids, select_next_token
 from gencli.settings import DecodingOptions
+from gencli.speculative import Proposal, Speculator, judge
 from gencli.threads import adapt_threads
 
 if TYPE_CHECKING:
     from gencli.constraints import CompiledConstraint
-    from gencli.speculative import Speculator
 
 
 @dataclass
@@ -119,21 +119,11 @@ class StepEngine(Engine):
         """Run the prompt; return the logits for the next token, [batch, vocab]."""
         return self.run(request.cache, request.input_ids, request.attention_mask)[:, -1]
 
-    def decode_one_token(
-        self, request: DecodeRequest, sequence: torch.Tensor, attention_mask: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Return the logits that follow `sequence`, whose last token the model has not seen yet."""
-        return self.run(request.cache, sequence, attention_mask)[:, -1]
-
     def decode(self, request: DecodeRequest) -> torch.Tensor:
         with torch.inference_mode():
             if request.streamer is not None:
                 request.streamer.put(request.input_ids.cpu())
-            logits = self.prefill(request)
-            if request.speculator is None:
-                sequence = decode_n_tokens(self, request, logits)
-            else:
-                sequence = request.speculator.decode(self, request, logits)
+            sequence = decode_n_tokens(self, request, self.prefill(request))
         if request.streamer is not None:
             request.streamer.end()
         return sequence
@@ -182,28 +172,48 @@ class CachedStepEngine(StepEngine):
 
 
 def decode_n_tokens(engine: StepEngine, request: DecodeRequest, logits: torch.Tensor) -> torch.Tensor:
-    """Choose tokens until a stopping criterion has fired for every row; return the sequences."""
-    input_ids = request.input_ids
+    """Choose tokens until a stopping criterion has fired for every row; return the sequences.
+    `logits` ([batch, vocab]) are the prefill's. With a speculator (gencli.speculative) each
+    later pass also runs the tokens it proposed: the positions up to the first refused one give
+    their tokens, each chosen from the sequence before it, and the cache is rolled back."""
+    input_ids, speculator = request.input_ids, request.speculator
     processors = request.logits_processors()
     sequence, attention_mask = input_ids, request.attention_mask
     unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    proposal: Proposal | None = None  # what the last pass verified; None after the prefill
+    rows = logits[:, None]  # [batch, 1 + proposed, vocab]: after the newest token, then each proposal
     while True:
-        # Same dtype and processor inputs as `generate`, so sampling sees identical scores.
-        scores = processors(sequence, logits.to(dtype=torch.float32))
-        next_token = select_next_token(scores, request.options.samples)
-        if request.on_scores is not None:
-            request.on_scores(scores, next_token, logits)
-        # A row that has finished only gets padding while the others go on, as in `generate`.
-        next_token = torch.where(unfinished, next_token, request.pad_token_id)
-        sequence = torch.cat([sequence, next_token[:, None]], dim=-1)
-        if attention_mask is not None:
-            attention_mask = torch.cat(
-                [attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], -1
-            )
-        if request.streamer is not None:
-            request.streamer.put(next_token.cpu())
-        unfinished &= ~request.stopping(sequence, scores)
+        for index in range(1 + (0 if proposal is None else proposal.length)):
+            # Same dtype and processor inputs as `generate`, so sampling sees identical scores.
+            scores = processors(sequence, rows[:, index].to(dtype=torch.float32))
+            accepted = None  # [batch]: the token is the proposed one
+            if proposal is not None and index < proposal.length:
+                next_token, accepted = judge(scores, proposal, index, request.options.samples)
+            else:
+                next_token = select_next_token(scores, request.options.samples)
+            if request.on_scores is not None:
+                request.on_scores(scores, next_token, rows[:, index])
+            # A row that has finished only gets padding while the others go on, as in `generate`.
+            next_token = torch.where(unfinished, next_token, request.pad_token_id)
+            sequence = torch.cat([sequence, next_token[:, None]], dim=-1)
+            if attention_mask is not None:
+                attention_mask = torch.cat(
+                    [attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], -1
+                )
+            if proposal is not None:
+                speculator.count(accepted, unfinished)
+            if request.streamer is not None:
+                request.streamer.put(next_token.cpu())
+            unfinished &= ~request.stopping(sequence, scores)
+            # Past a refused proposal every row needs a pass for its next token.
+            if accepted is None or not unfinished.any() or not bool((accepted | ~unfinished).all()):
+                break
+        if proposal is not None:
+            speculator.roll_back(engine, request.cache, sequence, proposal)
         if not unfinished.any():
             return sequence
         adapt_threads()
-        logits = engine.decode_one_token(request, sequence, attention_mask)
+        if speculator is None:
+            rows = engine.run(request.cache, sequence, attention_mask)
+        else:
+            proposal, rows = speculator.verify(engine, request, sequence, attention_mask, unfinished)
