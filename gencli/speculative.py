@@ -279,7 +279,7 @@ class VerifiedPass:
 @dataclass
 class Speculator:
     """The proposing side of the one decoding loop (`engines.base.decode_n_tokens`): propose and
-    verify, count, roll back. Every hand-written mode, `gencli batch`, chat and the server's
+    verify, then count and roll back. Every hand-written mode, `gencli batch`, chat and the server's
     requests that run alone use it (the server's continuous batch verifies with the same parts:
     `server.scheduler.Batch`); `tokens` proposed per pass at most."""
 
@@ -289,9 +289,9 @@ class Speculator:
     # Hears each pass when it is done (cache snapshots, the explore page's marks).
     on_pass: Callable[[VerifiedPass], None] | None = None
     passes: list[VerifiedPass] = field(default_factory=list)
-    # The current pass's tokens so far, and how many were accepted (the first row's, for `on_pass`).
-    _added: int = field(default=0, repr=False)
-    _accepted: int = field(default=0, repr=False)
+    # Where the current pass's tokens begin in the sequence, and the rows still going when it began.
+    _start: int = field(default=0, repr=False)
+    _active: torch.Tensor | None = field(default=None, repr=False)
 
     def record(self) -> dict[str, Any]:
         """What a run's record says of its speculation: the counts, and each pass where known."""
@@ -315,7 +315,7 @@ class Speculator:
         proposal = self.proposer.propose(sequence, attention_mask, min(self.tokens, room - 1), unfinished)
         self.stats.proposed += proposal.length * int(unfinished.sum())
         self.stats.passes += 1
-        self._accepted = self._added = 0
+        self._start, self._active = sequence.shape[1], unfinished.clone()
         candidate = torch.cat([sequence, proposal.tokens], dim=-1)  # [batch, length + proposed]
         if attention_mask is not None:
             attention_mask = torch.cat(
@@ -326,27 +326,27 @@ class Speculator:
         with packed_few_row_products():
             return proposal, engine.run(request.cache, candidate, attention_mask, proposal.length + 1)
 
-    def count(self, accepted: torch.Tensor | None, unfinished: torch.Tensor) -> None:
-        """A token the current pass gave; `accepted` ([batch]): where it was the proposed one
-        (None past the proposal)."""
-        self.stats.tokens += 1
-        self._added += 1
-        if accepted is not None:
-            self.stats.accepted += int((accepted & unfinished).sum())
-            self._accepted += int(accepted[0])
-
     def roll_back(self, engine: StepEngine, cache: Any, sequence: torch.Tensor, proposal: Proposal) -> None:
-        """Crop the cache to every token but the newest (the next pass runs it), tell the
-        proposer what was kept, and report the pass."""
+        """Count what the pass gave, crop the cache to every token but the newest (the next pass
+        runs it), tell the proposer what was kept, and report the pass."""
+        given = sequence[:, self._start :]  # [batch, tokens the pass gave]
+        judged = given[:, : proposal.length]
+        # A token is the proposed one exactly where it was accepted (a refused one is drawn from
+        # (p - q)+, which is 0 there): each row's leading run of agreement, rows that were going on.
+        agreed = (judged == proposal.tokens[:, : judged.shape[1]]).long().cumprod(dim=1).sum(dim=1)
+        agreed *= self._active
+        self.stats.tokens += given.shape[1]
+        self.stats.accepted += int(agreed.sum())
+        accepted = int(agreed[0])
         written = None if cache is None else int(cache.get_seq_length())
         kept = sequence.shape[1] - 1
         engine.roll_back(cache, kept)
         self.proposer.keep(kept)
         verified = VerifiedPass(
             proposed=proposal.tokens[0].tolist(),
-            accepted=self._accepted,
-            tokens=self._added,
-            written=kept - self._accepted + proposal.length if written is None else written,
+            accepted=accepted,
+            tokens=given.shape[1],
+            written=kept - accepted + proposal.length if written is None else written,
             kept=kept,
         )
         self.passes.append(verified)

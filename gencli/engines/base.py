@@ -200,8 +200,6 @@ def decode_n_tokens(engine: StepEngine, request: DecodeRequest, logits: torch.Te
                 attention_mask = torch.cat(
                     [attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], -1
                 )
-            if proposal is not None:
-                speculator.count(accepted, unfinished)
             if request.streamer is not None:
                 request.streamer.put(next_token.cpu())
             unfinished &= ~request.stopping(sequence, scores)
