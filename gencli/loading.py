@@ -25,14 +25,15 @@ from gencli.catalog import (
     read_config,
 )
 from gencli.errors import GencliError
-from gencli.gemv import lay_out_for_one_row
+from gencli.gemv import choose_one_row_kernels
 from gencli.hub import quiet_libraries, runnable_folder
 from gencli.quantize import quantize_model
-from gencli.settings import Quantization
+from gencli.settings import KernelName, Quantization
 from gencli.tokens import BUNDLED_TOKENIZER, load_tokenizer
 
 if TYPE_CHECKING:
     from gencli.engines import Engine
+    from gencli.kernels import Choice
 
 
 class DraftModelError(GencliError):
@@ -53,6 +54,10 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase
     folder: Path | None = None  # where it was loaded from; None for random weights
     quantization: Quantization = "none"
+    # The one-row kernel of each kind of projection weight (gencli.kernels), and the setting that
+    # chose them (auto, or a forced kernel).
+    kernels: dict[str, Choice] = field(default_factory=dict)
+    kernel_setting: KernelName = "auto"
     load_s: float | None = None  # seconds to load it (imports excluded)
     # What the user should hear about how it was loaded: the demo model standing in, the bundled
     # tokenizer standing in.
@@ -98,7 +103,10 @@ class LoadedModel:
         if name not in self._drafts:
             try:
                 draft = load_model(
-                    name, device=str(self.device), dtype=str(self.dtype).removeprefix("torch.")
+                    name,
+                    device=str(self.device),
+                    dtype=str(self.dtype).removeprefix("torch."),
+                    kernels=self.kernel_setting,
                 )
             except GencliError as problem:  # the loader's words name --model: this is the draft
                 raise DraftModelError(
@@ -177,14 +185,16 @@ def load_model(
     dtype: str = "auto",
     fallback: bool = False,
     quantize: Quantization = "none",
+    kernels: KernelName = "auto",
 ) -> LoadedModel:
     """Load `name`: `demo`, a local folder, or a hub id, ready for inference.
 
     With `fallback`, a hub model that cannot be had (not cached, hub unreachable) is replaced by
     the bundled demo model, and a notice says so. `quantize="int8"`: weight-only int8 projections.
+    `kernels`: the one-row products' kernels, measured on this machine (auto) or forced.
     """
     quiet_libraries()
-    return load_from_folder(*runnable_folder(name, fallback), device, dtype, quantize)
+    return load_from_folder(*runnable_folder(name, fallback), device, dtype, quantize, kernels)
 
 
 def load_from_folder(
@@ -194,6 +204,7 @@ def load_from_folder(
     device: str = "auto",
     dtype: str = "auto",
     quantize: Quantization = "none",
+    kernels: KernelName = "auto",
 ) -> LoadedModel:
     """Load the model `gencli.hub.runnable_folder` found (its name, folder and notice)."""
     started = time.perf_counter()
@@ -216,7 +227,7 @@ def load_from_folder(
         ) from None
     model.to(torch_device).eval()
     quantize_model(model, quantize)
-    lay_out_for_one_row(model)
+    chosen = choose_one_row_kernels(model, kernels)
     tokenizer = load_tokenizer(folder, model.config.vocab_size)
     check_vocabulary(name, tokenizer, model.config.vocab_size)
     loaded = LoadedModel(
@@ -225,6 +236,8 @@ def load_from_folder(
         tokenizer=tokenizer,
         folder=folder,
         quantization=quantize,
+        kernels=chosen,
+        kernel_setting=kernels,
         load_s=time.perf_counter() - started,
     )
     if notice:
@@ -265,6 +278,7 @@ def random_model(
     dtype: str = "auto",
     seed: int = 0,
     quantize: Quantization = "none",
+    kernels: KernelName = "auto",
 ) -> LoadedModel:
     """A model of a real architecture with seeded random weights: it costs what the real one does."""
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -276,11 +290,13 @@ def random_model(
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(GPT2Config()).to(device=torch_device, dtype=resolve_dtype(dtype))
     quantize_model(model.eval(), quantize)
-    lay_out_for_one_row(model)
+    chosen = choose_one_row_kernels(model, kernels)
     tokenizer = AutoTokenizer.from_pretrained(str(BUNDLED_TOKENIZER))
     return LoadedModel(
         name=f"{architecture} architecture, random weights",
         model=model.eval(),
         tokenizer=tokenizer,
         quantization=quantize,
+        kernels=chosen,
+        kernel_setting=kernels,
     )

@@ -17,19 +17,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from gencli.kernels import Kernel, Prepared, kernel_dtype
 from gencli.settings import Quantization
 
 INT8_KERNEL = hasattr(torch.ops.aten, "_weight_int8pack_mm")
 # The kernel reads the input width in blocks of 16 and does not check it: another width crashes
 # the process for two rows or more and returns garbage for one (measured, torch 2.13).
 KERNEL_WIDTH_MULTIPLE = 16
-
-
-def kernel_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the int8 kernel's inputs take for activations of `dtype`: its float32 path is a
-    slow reference loop (1.7 GB/s against 14-27 GB/s in bfloat16, measured), so float32 activations
-    enter the product in bfloat16 and the result returns to float32."""
-    return torch.bfloat16 if dtype == torch.float32 else dtype
 
 
 class Int8Projection(nn.Module):
@@ -43,6 +37,18 @@ class Int8Projection(nn.Module):
         # The scales as the CPU kernel takes them, made once rather than at every product.
         self.register_buffer("kernel_scales", scales.to(kernel_dtype(scales.dtype)), persistent=False)
         self.kernel_fits = INT8_KERNEL and weight.shape[1] % KERNEL_WIDTH_MULTIPLE == 0
+        self._one_row: tuple[Kernel, Prepared] | None = None
+
+    @property
+    def one_row_kernel(self) -> Kernel | None:
+        """The kernel of a single row on CPU (`gencli.kernels`); None: the same as more rows."""
+        return None if self._one_row is None else self._one_row[0]
+
+    @one_row_kernel.setter
+    def one_row_kernel(self, kernel: Kernel) -> None:
+        if kernel.name == "int8pack" and not self.kernel_fits:
+            return  # the width the kernel cannot take: the dequantized product, as for more rows
+        self._one_row = kernel, kernel.prepare_int8(self.weight, self.scales, self.bias)
 
     @classmethod
     def quantize(cls, weight: torch.Tensor, bias: torch.Tensor | None, *, layout: str) -> Int8Projection:
@@ -64,6 +70,9 @@ class Int8Projection(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.size(-1))  # [rows, in]
+        if self._one_row is not None and flat.size(0) == 1 and x.device.type == "cpu":
+            kernel, prepared = self._one_row
+            return kernel.run(flat, prepared).view(*x.shape[:-1], -1)  # [..., out]
         if x.device.type == "cpu" and self.kernel_fits:
             compute = kernel_dtype(x.dtype)
             scales = self.kernel_scales if self.kernel_scales.dtype == compute else self.scales.to(compute)

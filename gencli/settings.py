@@ -32,6 +32,16 @@ Mode = Literal["generate", "greedy", "kv-cache", "scratch"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 Quantization = Literal["none", "int8"]
+KernelName = Literal[
+    "auto",
+    "bmm-split",
+    "linear",
+    "linear-no-onednn",
+    "linear-float16",
+    "onednn-packed",
+    "compiled",
+    "int8pack",
+]
 Speculation = Literal["none", "ngram", "draft"]
 MODES: tuple[str, ...] = get_args(Mode)
 # The modes that keep a KV cache (greedy re-runs the whole sequence every step).
@@ -338,6 +348,13 @@ class Settings(DecodingOptions):
         f"must be one of {', '.join(get_args(Quantization))}",
         "int8: every projection's weights stored as int8 with a scale per output channel "
         "(activations stay in dtype), a quarter of float32's bytes; none: as loaded.",
+    )
+    kernels: KernelName = _setting(
+        "auto",
+        f"must be one of {', '.join(get_args(KernelName))}",
+        "The kernel of a decode step's one-row products. auto: the fastest measured on this machine "
+        "(at a model's first load; kept in ~/.cache/gencli/kernels.json, `gencli bench` shows the "
+        "table); a name forces it for every weight it runs, for comparisons.",
     )
     fallback: bool = _setting(
         True,

@@ -24,6 +24,14 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 from gencli.loading import LoadedModel, load_model
 from gencli.tokens import BUNDLED_TOKENIZER
 
+# The kernel choices (gencli.kernels) of the whole session in one cache of its own: each kind of
+# weight is measured once per session, and the user's cache is left alone. The Hugging Face cache
+# stays where it was (it defaults to a folder under XDG_CACHE_HOME).
+os.environ.setdefault(
+    "HF_HOME", os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "huggingface")
+)
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="gencli-test-cache-")
+
 TINY_CONFIG = {
     "n_layer": 2,
     "n_head": 4,

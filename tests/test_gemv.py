@@ -10,10 +10,10 @@ from transformers.pytorch_utils import Conv1D
 from gencli.gemv import (
     ONEDNN_PACKED,
     Projection,
-    onednn_disabled,
     packed_few_row_products,
     with_fast_one_row_projections,
 )
+from gencli.kernels import onednn_disabled
 
 
 @pytest.fixture
@@ -44,15 +44,18 @@ def test_float32_projection_matches_the_product(threads, layout, with_bias, thre
 
 
 def test_float32_one_row_product_is_split_across_threads(threads, monkeypatch):
-    """With two threads the reduction runs as a batch of two half-products; the result is their sum."""
+    """With two threads the reduction runs as a batch of two half-products, the bias added to the
+    first; the result is their sum."""
     threads(2)
     calls = []
-    real_bmm = torch.bmm
-    monkeypatch.setattr(torch, "bmm", lambda a, b: calls.append((a.shape, b.shape)) or real_bmm(a, b))
-    weight = torch.randn(64, 8)
-    out = Projection(weight, layout="in_out")(torch.ones(1, 64))
-    assert calls == [((2, 1, 32), (2, 32, 8))]
-    torch.testing.assert_close(out, weight.sum(0, keepdim=True), atol=1e-5, rtol=1e-5)
+    real = torch.baddbmm
+    monkeypatch.setattr(
+        torch, "baddbmm", lambda bias, a, b: calls.append((bias.shape, a.shape, b.shape)) or real(bias, a, b)
+    )
+    weight, bias = torch.randn(64, 8), torch.randn(8)
+    out = Projection(weight, bias, layout="in_out")(torch.ones(1, 64))
+    assert calls == [((2, 1, 8), (2, 1, 32), (2, 32, 8))]
+    torch.testing.assert_close(out, weight.sum(0, keepdim=True) + bias, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -100,7 +103,7 @@ def test_fast_twin_shares_weights_and_leaves_the_model_alone(tiny):
     assert all(isinstance(block.attn.c_attn, Conv1D) for block in transformer.h)
     projection = twin.h[0].attn.c_attn
     # float32 reads the [in, out] weight as it is: no copy.
-    assert projection.one_row_weight.data_ptr() == transformer.h[0].attn.c_attn.weight.data_ptr()
+    assert projection.prepared[0].data_ptr() == transformer.h[0].attn.c_attn.weight.data_ptr()
     assert twin.wte.weight is transformer.wte.weight
     ids = torch.tensor([[5, 17, 42, 7]])
     with torch.inference_mode():
@@ -142,13 +145,14 @@ def test_a_projection_keeps_its_split_when_the_thread_count_changes(threads):
         assert torch.equal(projection(x), two)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_every_mode_reads_the_models_own_weights(tiny_model_dir, dtype):
-    """One layout per weight, made at load: the engines' one-row products read the model's tensors
-    (the LM head, tied to the embedding, included), and the scratch attention's Q/K/V are views."""
+@pytest.mark.parametrize(("dtype", "kernel"), [("float32", "bmm-split"), ("bfloat16", "linear-no-onednn")])
+def test_every_mode_reads_the_models_own_weights(tiny_model_dir, dtype, kernel):
+    """One layout per weight, made at load: where the kernel reads the model's dtype, the engines'
+    one-row products read the model's tensors (the LM head, tied to the embedding, included), and
+    the scratch attention's Q/K/V are views."""
     from gencli.loading import load_model
 
-    loaded = load_model(str(tiny_model_dir), device="cpu", dtype=dtype)
+    loaded = load_model(str(tiny_model_dir), device="cpu", dtype=dtype, kernels=kernel)
     model = loaded.model
     head = model.lm_head.weight
     assert head is model.transformer.wte.weight
@@ -159,8 +163,8 @@ def test_every_mode_reads_the_models_own_weights(tiny_model_dir, dtype):
     projections = [module for module in kv_cache.transformer.modules() if isinstance(module, Projection)]
     scratch.scratch.lm_head(torch.zeros(1, model.config.n_embd, dtype=head.dtype))  # makes its head
     projections += [kv_cache.lm_head, scratch.scratch._head]
-    assert projections and all(p.one_row_weight.is_contiguous() for p in projections)
-    assert {p.one_row_weight.untyped_storage().data_ptr() for p in projections} <= storage
+    assert projections and all(p.prepared[0].is_contiguous() for p in projections)
+    assert {p.prepared[0].untyped_storage().data_ptr() for p in projections} <= storage
     attention = scratch.scratch.blocks[0].attention
     fused = model.transformer.h[0].attn.c_attn.weight
     assert attention.key.weight.untyped_storage().data_ptr() == fused.untyped_storage().data_ptr()

@@ -299,7 +299,14 @@ def load(settings: Settings, step: Callable[[str], None], arch: str | None = Non
     """Load the model the settings name (or `arch` with random weights), naming each step on the
     start-up status; tell when the demo model stands in."""
     model = str(Path(settings.model).resolve()) if Path(settings.model).is_dir() else settings.model
-    key = (model, settings.device, settings.dtype, str(settings.fallback), settings.quantize)
+    key = (
+        model,
+        settings.device,
+        settings.dtype,
+        str(settings.fallback),
+        settings.quantize,
+        settings.kernels,
+    )
     if arch is None and _LOADED is not None and key in _LOADED:
         loaded = _LOADED[key]
     elif arch is not None:
@@ -307,7 +314,9 @@ def load(settings: Settings, step: Callable[[str], None], arch: str | None = Non
         from gencli.loading import random_model
 
         step(f"building {arch} with random weights")
-        return random_model(arch, settings.device, settings.dtype, quantize=settings.quantize)
+        return random_model(
+            arch, settings.device, settings.dtype, quantize=settings.quantize, kernels=settings.kernels
+        )
     else:
         from gencli.hub import quiet_libraries, runnable_folder
 
@@ -318,7 +327,9 @@ def load(settings: Settings, step: Callable[[str], None], arch: str | None = Non
         from gencli.loading import load_from_folder
 
         step(f"loading model {settings.model}")
-        loaded = load_from_folder(*found, settings.device, settings.dtype, settings.quantize)
+        loaded = load_from_folder(
+            *found, settings.device, settings.dtype, settings.quantize, settings.kernels
+        )
         if _LOADED is not None:
             _LOADED[key] = loaded
     for message in loaded.notices:

@@ -51,6 +51,7 @@ def load_settings(settings: Settings) -> dict[str, Any]:
         "device": settings.device,
         "dtype": settings.dtype,
         "quantize": settings.quantize,
+        "kernels": settings.kernels,
         "fallback": settings.fallback,
     }
 

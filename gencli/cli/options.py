@@ -23,6 +23,7 @@ from gencli.errors import GencliError
 from gencli.settings import (
     Device,
     Dtype,
+    KernelName,
     Layer,
     Mode,
     Quantization,
@@ -89,7 +90,11 @@ MODEL: OptionSet = (
     _setting(Device, "device"),
     _setting(bool, "fallback", "--fallback/--no-fallback"),
 )
-DTYPE: OptionSet = (_setting(Dtype, "dtype"), _setting(Quantization, "quantize"))
+DTYPE: OptionSet = (
+    _setting(Dtype, "dtype"),
+    _setting(Quantization, "quantize"),
+    _setting(KernelName, "kernels"),
+)
 MODE: OptionSet = (_setting(Mode, "mode"),)
 SPECULATION: OptionSet = (
     _setting(Speculation, "speculate"),

@@ -16,6 +16,7 @@ from torch import nn
 
 from gencli.errors import GencliError
 from gencli.gemv import Projection, fast_projection
+from gencli.kernels import Kernel
 from gencli.quantize import Int8Projection
 from gencli.scratch.attention import KVCache, MultiHeadSelfAttention
 
@@ -125,6 +126,7 @@ class ScratchGPT2(nn.Module):
             None if config.tied_head else nn.Parameter(torch.empty(config.vocab_size, config.n_embd))
         )
         self._head: Projection | None = None
+        self.head_kernel: Kernel | None = None  # the one-row kernel chosen for the head's weight
         # An int8 LM head (gencli.quantize), used in place of the embedding's weight.
         self.quantized_head: nn.Module | None = None
 
@@ -170,7 +172,7 @@ class ScratchGPT2(nn.Module):
             return self.quantized_head(hidden)
         weight = self.wte.weight if self.head_weight is None else self.head_weight
         if self._head is None or self._head.weight.data_ptr() != weight.data_ptr():
-            self._head = Projection(weight, layout="out_in")
+            self._head = Projection(weight, layout="out_in", kernel=self.head_kernel)
         return self._head(hidden)
 
     @classmethod
@@ -213,4 +215,5 @@ class ScratchGPT2(nn.Module):
             block.mlp.contract = fast_projection(hf_block.mlp.c_proj)
         if isinstance(hf_model.lm_head, Int8Projection):
             model.quantized_head = hf_model.lm_head
+        model.head_kernel = getattr(hf_model.lm_head, "one_row_kernel", None)
         return model.eval()
