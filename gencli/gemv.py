@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gencli.kernels import (
+    DEFAULTS,
     KERNELS,
     Choice,
     Kernel,
@@ -87,7 +88,11 @@ def choose_one_row_kernels(model: nn.Module, setting: str = "auto") -> dict[str,
     float32: the LM head's 147 MiB once, not once per mode). Products of more rows take the view
     (BLAS reads either layout); an embedding lookup reads a strided row. CPU only: elsewhere the
     weights stay as loaded and the products are PyTorch's. Returns the choices, by weight."""
-    found = [(module, layout) for module, layout in projections(model) if module.weight.device.type == "cpu"]
+    found = [
+        (module, layout)
+        for module, layout in projections(model)
+        if module.weight.device.type == "cpu" and weight_kind(module.weight) in DEFAULTS
+    ]
     choices = choose((_shape(module, layout) for module, layout in found), setting)
     with torch.no_grad():
         for module, layout in found:
@@ -122,10 +127,13 @@ class Projection(nn.Module):
         self.kernel: Kernel | None = None
         self.prepared: Prepared = ()
         self.packed_weight: torch.Tensor | None = None  # oneDNN's layout, made on first use
-        if weight.device.type != "cpu":
+        kind = weight_kind(weight)
+        if kernel is None or kind not in kernel.serves:
+            kernel = default_kernel(kind)  # None for a dtype no kernel runs (float64)
+        if weight.device.type != "cpu" or kernel is None:
             return
-        self.kernel = kernel or default_kernel(weight_kind(weight))
-        self.prepared = self.kernel.prepare(self.weight, self.bias, layout)
+        self.kernel = kernel
+        self.prepared = kernel.prepare(self.weight, self.bias, layout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel is not None and x.shape[:-1].numel() == 1:

@@ -332,8 +332,9 @@ DEFAULTS = {
 }
 
 
-def default_kernel(kind: str) -> Kernel:
-    return KERNELS[DEFAULTS[kind]]
+def default_kernel(kind: str) -> Kernel | None:
+    """The kernel a weight too small to measure runs; None for a kind none runs (float64)."""
+    return KERNELS[DEFAULTS[kind]] if kind in DEFAULTS else None
 
 
 # -- the machine, the cache --------------------------------------------------------------------------

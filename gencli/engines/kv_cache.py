@@ -5,10 +5,11 @@ once (`cache.layers[i].keys`: [batch, heads, max_length, head_dim]) and written 
 than a `DynamicCache` that grows by concatenation. A step costs one token's work, and attends over
 the positions written so far, not the whole allocation (`FilledStaticLayer`).
 
-A step is the Hugging Face transformer's own forward pass, run by a twin of it that shares its
-weights but takes `gencli.gemv`'s fast path for one-row products, the bulk of a step's time; the
-prefill's products are the transformer's own. The logits come from the last hidden state alone,
-through the LM head's weight by the same path.
+A prefill is the Hugging Face transformer's own forward pass, run by a twin of it that shares its
+weights but takes `gencli.gemv`'s fast path for one-row products; the logits come from the last
+hidden state alone, through the LM head's weight by the same path. A decode step (one token, no
+padding) runs the same formula on the same modules as a short list of tensor operations
+(`gencli.engines.one_token`), which leaves the time of a step to its products.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.cache_utils import Cache, StaticLayer
 
 from gencli.engines.base import CachedStepEngine
+from gencli.engines.one_token import OneTokenStep, runs_one_token_steps
 from gencli.gemv import fast_projection, with_fast_one_row_projections
 from gencli.transformers_compat import cache_argument
 
@@ -58,6 +60,9 @@ class KVCacheEngine(CachedStepEngine):
         super().__init__(model)
         self.transformer = with_fast_one_row_projections(model.transformer)
         self.lm_head = fast_projection(model.lm_head)
+        self.one_token = (
+            OneTokenStep(self.transformer, self.lm_head) if runs_one_token_steps(model.config) else None
+        )
 
     @property
     def forward_module(self) -> torch.nn.Module:
@@ -75,6 +80,14 @@ class KVCacheEngine(CachedStepEngine):
         positions: torch.Tensor | None = None,
         keep: int = 1,
     ) -> torch.Tensor:
+        if (
+            self.one_token is not None
+            and attention_mask is None
+            and new_tokens.shape == (1, 1)
+            and cache.layers[0].is_initialized
+        ):
+            position = int(cache.layers[0].cumulative_length) if positions is None else int(positions[0, -1])
+            return self.one_token(cache, new_tokens, position)
         body = self.transformer(
             new_tokens,
             **cache_argument(cache),
