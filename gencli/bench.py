@@ -15,12 +15,13 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
 from gencli.generation import GenerationInterrupted, GenerationResult, generate_text
+from gencli.kernels import Choice
 from gencli.loading import LoadedModel
 from gencli.settings import MODES, DecodingOptions
 from gencli.threads import thread_policy
@@ -175,6 +176,8 @@ class BenchReport:
     # Ctrl-C (or SIGTERM) stopped the run: the rows are the cells measured before it.
     interrupted: bool = False
     machine_load: tuple[float, float, float] | None = None  # the 1, 5 and 15-minute load averages
+    # The one-row kernel of each kind of weight, and the measurements it was chosen from.
+    kernels: list[Choice] = field(default_factory=list)
 
     @property
     def read_bandwidth_bytes_per_s(self) -> float | None:
@@ -250,6 +253,7 @@ class BenchReport:
             "sweep": rows(self.sweep),
             "variants": [variant.to_dict() for variant in self.variants],
             "ratios": self.ratios(),
+            "kernels": [asdict(choice) for choice in self.kernels],
             "interrupted": self.interrupted,
         }
 
@@ -367,6 +371,7 @@ def _empty_report(loaded: LoadedModel, read_samples: list[float], gemv_samples: 
         read_bandwidth_samples=read_samples,
         gemv_bandwidth_samples=gemv_samples,
         machine_load=os.getloadavg() if hasattr(os, "getloadavg") else None,
+        kernels=list(loaded.kernels.values()),
     )
 
 

@@ -321,6 +321,7 @@ def run_record(
         device=str(loaded.device),
         dtype=str(loaded.dtype).removeprefix("torch."),
         weights=loaded.weights,
+        kernels=loaded.kernels_ran(mode),
         **fields,
     )
 

@@ -144,6 +144,16 @@ class LoadedModel:
         dtype = str(self.dtype).removeprefix("torch.")
         return dtype if self.quantization == "none" else f"{dtype}+{self.quantization}"
 
+    def kernels_ran(self, mode: str) -> str:
+        """The one-row kernels a decode step of `mode` runs, most used first: the chosen ones in
+        the modes that run `gencli.gemv` projections (kv-cache, scratch), PyTorch's elsewhere."""
+        if mode not in ("kv-cache", "scratch") or not self.kernels:
+            return "PyTorch's"
+        counts: dict[str, int] = {}
+        for choice in self.kernels.values():
+            counts[choice.kernel] = counts.get(choice.kernel, 0) + 1
+        return "+".join(sorted(counts, key=lambda name: -counts[name]))
+
     @property
     def context_length(self) -> int:
         return self.model.config.n_positions

@@ -62,6 +62,8 @@ class GenerationResult:
     dtype: str
     # How the weights are stored: the dtype, or with --quantize int8 "float32+int8" (as bench says).
     weights: str
+    # The one-row kernels a decode step ran (gencli.kernels): "bmm-split+linear", or "PyTorch's".
+    kernels: str = "PyTorch's"
     cache_snapshots: list[CacheSnapshot] | None = None
     prompt_cache_tokens: int = 0  # prompt positions restored from a prompt cache, not prefilled
     # With top_logprobs: per new token {"token", "text", "bytes", "logprob", "top": [the same, without
@@ -94,6 +96,7 @@ class GenerationResult:
             device=data["device"],
             dtype=data["dtype"],
             weights=data.get("weights", data["dtype"]),
+            kernels=data.get("kernels", "PyTorch's"),
             cache_snapshots=None if snapshots is None else [CacheSnapshot.from_dict(s) for s in snapshots],
             prompt_cache_tokens=data.get("prompt_cache_tokens", 0),
             logprobs=data.get("logprobs"),
@@ -116,6 +119,7 @@ class GenerationResult:
             "device": self.device,
             "dtype": self.dtype,
             "weights": self.weights,
+            "kernels": self.kernels,
             "prompt_cache_tokens": self.prompt_cache_tokens,
         }
         if self.logprobs is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -36,6 +37,40 @@ def _bench_table(title: str, report: BenchReport, rows: list[BenchRow]) -> Table
     return table
 
 
+def kernel_table(report: BenchReport) -> Table:
+    """Per kind of weight, the kernel it runs and why, under what each candidate measured."""
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        title=f"One-row kernels, {report.weights}",
+        title_justify="left",
+        caption="GB/s of the weight's bytes as each kernel stores them (medians of alternating rounds "
+        "over copies that stream from memory); error: the largest difference from a float64 product, "
+        "relative to the largest output; small weights take the default unmeasured",
+        caption_justify="left",
+    )
+    for column in ("weight", "kernel", "GB/s", "error", ""):
+        table.add_column(column, justify="right" if column in ("GB/s", "error") else "left", no_wrap=True)
+    for choice in report.kernels:
+        if not choice.table:
+            reason = {"default": "default (small)", "forced": "forced"}.get(choice.source, "")
+            table.add_row(choice.weight, choice.kernel, "", "", reason)
+            continue
+        for index, row in enumerate(choice.table):
+            if row.kernel == choice.kernel:
+                note = "chosen" if choice.source == "measured" else f"chosen ({choice.source})"
+            else:
+                note = "" if row.within_tolerance else "beyond tolerance"
+            table.add_row(
+                choice.weight if index == 0 else "",
+                row.kernel,
+                f"{row.gb_s:.1f}",
+                f"{row.error:.1e}",
+                note,
+                end_section=index == len(choice.table) - 1,
+            )
+    return table
+
+
 def print_bench(report: BenchReport, console: Console) -> None:
     if report.interrupted:
         console.print(f"Interrupted: the {len(report.headline) + len(report.sweep)} rows measured before it.")
@@ -58,6 +93,9 @@ def print_bench(report: BenchReport, console: Console) -> None:
             f"each round of runs: {min(samples) / 1e9:.1f}-{max(samples) / 1e9:.1f})",
             soft_wrap=True,
         )
+    for measured in (report, *report.variants):
+        if measured.kernels:
+            console.print(kernel_table(measured))
     console.print(_bench_table(f"Headline run, {report.weights} (medians)", report, report.headline))
     if report.sweep:
         console.print(_bench_table("By total length (medians)", report, report.sweep))

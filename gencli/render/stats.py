@@ -26,7 +26,8 @@ def print_stats(result: GenerationResult, console: Console) -> None:
         f"{plural(len(result.token_ids), 'new token')} ({result.finish_reason}) · "
         f"prefill {format_seconds(timings.prefill_s)} · first token {format_seconds(timings.ttft_s)} · "
         f"decode {speed} · load {format_seconds(timings.load_s)} · "
-        f"total {format_seconds(timings.total_s)} · {result.device} {result.weights}"
+        f"total {format_seconds(timings.total_s)} · {result.device} {result.weights} · "
+        f"kernels {result.kernels}"
         f"{constraint_note(result)}{speculation_note(result.speculation)}[/dim]",
         soft_wrap=True,
     )

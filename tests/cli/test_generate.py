@@ -38,11 +38,13 @@ def test_streams_text_to_stdout_and_timings_to_stderr(tiny_model_dir):
     assert "\x1b[" not in result.stdout + result.stderr  # no escape codes off a terminal
 
 
-def test_the_stats_line_counts_in_words_and_names_int8_weights(tiny_model_dir):
-    result = gencli("Hi", "--model", tiny_model_dir, "-n", 1, "--quantize", "int8")
+def test_the_stats_line_counts_in_words_and_names_int8_weights_and_the_kernels(tiny_model_dir):
+    result = gencli("Hi", "--model", tiny_model_dir, "-n", 1, "--quantize", "int8", "--kernels", "int8pack")
     assert result.exit_code == 0, result.output
     assert "kv-cache · 1 prompt token · 1 new token (length) · " in result.stderr
-    assert result.stderr.endswith(" · cpu float32+int8\n")
+    assert result.stderr.endswith(" · cpu float32+int8 · kernels int8pack\n")
+    result = gencli("Hi", "--model", tiny_model_dir, "-n", 1, "--mode", "generate")
+    assert result.stderr.endswith(" · cpu float32 · kernels PyTorch's\n")
 
 
 def test_every_mode_runs_without_a_warning_in_a_real_process(tiny_model_dir):
