@@ -57,6 +57,9 @@ CACHE_FORMAT = 1
 # Weights of fewer elements take the default kernel unmeasured (a 512x512 matrix: 1 MiB in float32).
 MEASURED_FROM = 1 << 18
 ROUNDS = 5
+# A kernel is timed over copies of its weight that fill twice the last-level cache, so that each
+# product streams its weight from memory as a decode step does; at most this many.
+MOST_COPIES = 256
 # The instruction sets that decide which kernels run, and how fast.
 RELEVANT_FLAGS = (
     "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
@@ -100,6 +103,9 @@ class Kernel:
     prepare_int8: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], Prepared] | None = None
     needs: Callable[[], bool] = lambda: True
     compiled: bool = False
+
+    def __deepcopy__(self, memo: dict) -> Kernel:
+        return self  # one object per kernel: a copied module runs the same one
 
     def stores(self, dtype: torch.dtype) -> torch.dtype:
         return self.storage or dtype
@@ -519,7 +525,7 @@ def measure(in_features: int, out_features: int, kind: str, kernels: list[Kernel
         except (RuntimeError, NotImplementedError):
             continue  # the kernel refuses this CPU or shape (oneDNN's bf16 packing on AVX2)
         errors[kernel.name] = (result - reference).abs().max().item() / scale
-        count = max(1, math.ceil(4 * _last_level_cache_bytes() / _prepared_bytes(first)))
+        count = min(MOST_COPIES, max(1, math.ceil(2 * _last_level_cache_bytes() / _prepared_bytes(first))))
         copies[kernel.name] = count
         prepared[kernel.name] = [first] + [tuple(part.clone() for part in first) for _ in range(count - 1)]
     times: dict[str, list[float]] = {name: [] for name in prepared}

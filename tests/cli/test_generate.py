@@ -412,3 +412,10 @@ def test_speculation_flags_the_stats_line_and_its_errors(tiny_model_dir, tmp_pat
         gencli("Hi", "--model", tiny_model_dir, "--speculate", "draft", "--draft-model", "demo"),
         "draft model 'demo' has another tokenizer than",
     )
+
+
+def test_a_kernel_that_cannot_run_the_models_weights_is_one_line(tiny_model_dir):
+    result = gencli("Hi", "--model", tiny_model_dir, "-n", 1, "--kernels", "int8pack")
+    assert_one_line_error(result, "kernel 'int8pack' runs int8 weights and this model's are float32")
+    result = gencli("Hi", "--model", tiny_model_dir, "-n", 1, "--kernels", "fastest")
+    assert_one_line_error(result, "'fastest' is not one of 'auto', 'bmm-split'")
