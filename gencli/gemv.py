@@ -135,6 +135,10 @@ class Projection(nn.Module):
         self.kernel = kernel
         self.prepared = kernel.prepare(self.weight, self.bias, layout)
 
+    def one_row(self, x: torch.Tensor) -> torch.Tensor:
+        """x · W + b for x of one row, [1, in]: on CPU the kernel alone, for a decode step."""
+        return self(x) if self.kernel is None else self.kernel.run(x, self.prepared)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel is not None and x.shape[:-1].numel() == 1:
             return self.kernel.run(x.reshape(1, -1), self.prepared).view(*x.shape[:-1], -1)

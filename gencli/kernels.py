@@ -125,7 +125,9 @@ class Kernel:
 
     def run(self, x: torch.Tensor, prepared: Prepared) -> torch.Tensor:
         """x: [1, in] in the activations' dtype. Returns [1, out] in the same dtype."""
-        return self.run_prepared(x, prepared).to(x.dtype)
+        product = self.run_prepared(x, prepared)
+        # Each call costs ~3 us on a 2-core EPYC, even where nothing changes: checked in Python.
+        return product if product.dtype == x.dtype else product.to(x.dtype)
 
 
 # -- float kernels --------------------------------------------------------------------------------
@@ -150,7 +152,7 @@ def _split_bmm_prepare(out_in: torch.Tensor, bias: torch.Tensor | None) -> Prepa
 def _split_bmm(x: torch.Tensor, prepared: Prepared) -> torch.Tensor:
     weight, split_bias = prepared  # [parts, in / parts, out], [parts, 1, out]
     parts, part_width, _ = weight.shape
-    rows = x.to(torch.float32).view(parts, 1, part_width)
+    rows = (x if x.dtype == torch.float32 else x.to(torch.float32)).view(parts, 1, part_width)
     return torch.baddbmm(split_bias, rows, weight).sum(0)  # [1, out]
 
 

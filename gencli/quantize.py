@@ -68,6 +68,13 @@ class Int8Projection(nn.Module):
         """The weights the int8 values stand for, [out, in], in the activations' dtype."""
         return self.weight.to(self.scales.dtype) * self.scales[:, None]
 
+    def one_row(self, x: torch.Tensor) -> torch.Tensor:
+        """x · Wᵀ + b for x of one row, [1, in]: the same as `forward`, for a decode step."""
+        if self._one_row is None:
+            return self(x)
+        kernel, prepared = self._one_row
+        return kernel.run(x, prepared)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.size(-1))  # [rows, in]
         if self._one_row is not None and flat.size(0) == 1 and x.device.type == "cpu":

@@ -21,7 +21,8 @@ with the attention options GPT-2 leaves off) runs through transformers' forward 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import nn
@@ -45,44 +46,73 @@ def runs_one_token_steps(config: object) -> bool:
     )
 
 
+class Layer(NamedTuple):
+    """What one block's step reads, looked up once: a module's attribute costs a lookup through
+    `nn.Module.__getattr__`, and a module call its hooks' bookkeeping, at every step."""
+
+    ln_1: tuple[torch.Tensor, torch.Tensor, float]  # weight, bias, eps
+    qkv: Callable[[torch.Tensor], torch.Tensor]  # one-row projections: [1, in] -> [1, out]
+    attention_out: Callable[[torch.Tensor], torch.Tensor]
+    ln_2: tuple[torch.Tensor, torch.Tensor, float]
+    expand: Callable[[torch.Tensor], torch.Tensor]
+    activation: Callable[[torch.Tensor], torch.Tensor]
+    contract: Callable[[torch.Tensor], torch.Tensor]
+
+
+def _one_row(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    return getattr(module, "one_row", module)
+
+
+def _norm(module: nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor, float]:
+    return module.weight, module.bias, module.eps
+
+
+def _tanh_gelu(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
 class OneTokenStep:
     """Runs one token through a transformers GPT-2 body (`transformer`, whose projections may be
     `Projection`s) and an LM head, reading and extending a `FilledStaticCache`."""
 
     def __init__(self, transformer: nn.Module, lm_head: nn.Module):
         config = transformer.config
-        self.transformer, self.lm_head = transformer, lm_head
         self.heads = config.n_head
         self.head_dim = config.n_embd // config.n_head
         self.width = (config.n_embd,)
         self.scale = 1 / math.sqrt(self.head_dim)
-        self.activation = config.activation_function
-        self.blocks = list(transformer.h)
-
-    def _activate(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.activation in TANH_GELU:
-            return F.gelu(x, approximate="tanh")
-        return block.mlp.act(x)
+        self.token_embedding, self.position_embedding = transformer.wte.weight, transformer.wpe.weight
+        self.ln_f = _norm(transformer.ln_f)
+        self.lm_head = _one_row(lm_head)
+        self.layers = [
+            Layer(
+                _norm(block.ln_1),
+                _one_row(block.attn.c_attn),
+                _one_row(block.attn.c_proj),
+                _norm(block.ln_2),
+                _one_row(block.mlp.c_fc),
+                _tanh_gelu if config.activation_function in TANH_GELU else block.mlp.act,
+                _one_row(block.mlp.c_proj),
+            )
+            for block in transformer.h
+        ]
 
     def __call__(self, cache: FilledStaticCache, token: torch.Tensor, position: int) -> torch.Tensor:
         """token: [1, 1]; `position` its position id, `cache` holding every earlier position.
         Returns the logits after it, [1, 1, vocab]."""
-        transformer, heads, head_dim = self.transformer, self.heads, self.head_dim
+        heads, head_dim, width, scale = self.heads, self.head_dim, self.width, self.scale
         filled = int(cache.layers[0].cumulative_length)
-        x = transformer.wte.weight[token[0]] + transformer.wpe.weight[position]  # [1, n_embd]
-        for block, layer in zip(self.blocks, cache.layers, strict=True):
-            ln = block.ln_1
-            h = F.layer_norm(x, self.width, ln.weight, ln.bias, ln.eps)
-            q, k, v = block.attn.c_attn(h).view(3, heads, 1, head_dim)  # [heads, 1, head_dim] each
-            keys, values = layer.keys[0], layer.values[0]  # [heads, max_length, head_dim]
-            keys[:, filled : filled + 1].copy_(k)
-            values[:, filled : filled + 1].copy_(v)
-            layer.cumulative_length += 1
-            scores = torch.bmm(q, keys[:, : filled + 1].transpose(1, 2)).mul_(self.scale)  # [heads, 1, n]
+        x = self.token_embedding[token[0]] + self.position_embedding[position]  # [1, n_embd]
+        for layer, stored in zip(self.layers, cache.layers, strict=True):
+            h = F.layer_norm(x, width, *layer.ln_1)
+            q, k, v = layer.qkv(h).view(3, heads, 1, head_dim)  # [heads, 1, head_dim] each
+            keys, values = stored.keys[0], stored.values[0]  # [heads, max_length, head_dim]
+            keys[:, filled : filled + 1] = k
+            values[:, filled : filled + 1] = v
+            stored.cumulative_length += 1
+            scores = torch.bmm(q, keys[:, : filled + 1].transpose(1, 2)).mul_(scale)  # [heads, 1, n]
             attended = torch.bmm(scores.softmax(-1), values[:, : filled + 1])  # [heads, 1, head_dim]
-            x = x + block.attn.c_proj(attended.view(1, -1))
-            ln = block.ln_2
-            h = F.layer_norm(x, self.width, ln.weight, ln.bias, ln.eps)
-            x = x + block.mlp.c_proj(self._activate(block, block.mlp.c_fc(h)))
-        ln = transformer.ln_f
-        return self.lm_head(F.layer_norm(x, self.width, ln.weight, ln.bias, ln.eps))[None]  # [1, 1, vocab]
+            x = x + layer.attention_out(attended.view(1, -1))
+            h = F.layer_norm(x, width, *layer.ln_2)
+            x = x + layer.contract(layer.activation(layer.expand(h)))
+        return self.lm_head(F.layer_norm(x, width, *self.ln_f))[None]  # [1, 1, vocab]
