@@ -40,7 +40,7 @@ def _broken(x: torch.Tensor, prepared: tuple) -> torch.Tensor:
 
 @pytest.fixture
 def broken_kernel(monkeypatch: pytest.MonkeyPatch) -> Kernel:
-    kernel = Kernel("broken", "returns zeros", frozenset({"float32"}), "out_in", None, _broken)
+    kernel = Kernel("broken", frozenset({"float32"}), "out_in", None, _broken)
     monkeypatch.setitem(KERNELS, "broken", kernel)
     return kernel
 

@@ -84,6 +84,8 @@ class OneTokenStep:
         self.token_embedding, self.position_embedding = transformer.wte.weight, transformer.wpe.weight
         self.ln_f = _norm(transformer.ln_f)
         self.lm_head = _one_row(lm_head)
+        float32 = self.token_embedding.dtype == torch.float32
+        self.attend = self._attend_float32 if float32 else self._attend_sdpa
         self.layers = [
             Layer(
                 _norm(block.ln_1),
@@ -97,10 +99,22 @@ class OneTokenStep:
             for block in transformer.h
         ]
 
+    def _attend_float32(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """softmax(q · keysᵀ / √head_dim) · values for q [heads, 1, head_dim], keys and values
+        [heads, n, head_dim]: two small bmm, 35-50 us a layer where SDPA takes 85 (2-core EPYC)."""
+        scores = torch.bmm(q, keys.transpose(1, 2)).mul_(self.scale)  # [heads, 1, n]
+        return torch.bmm(scores.softmax(-1), values)
+
+    @staticmethod
+    def _attend_sdpa(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """The same through SDPA, whose kernel converts bfloat16 and float16 as it reads them: a
+        bmm in those dtypes falls back to a loop on a CPU without them (165-290 us against 130)."""
+        return F.scaled_dot_product_attention(q[None], keys[None], values[None])[0]
+
     def __call__(self, cache: FilledStaticCache, token: torch.Tensor, position: int) -> torch.Tensor:
         """token: [1, 1]; `position` its position id, `cache` holding every earlier position.
         Returns the logits after it, [1, 1, vocab]."""
-        heads, head_dim, width, scale = self.heads, self.head_dim, self.width, self.scale
+        heads, head_dim, width = self.heads, self.head_dim, self.width
         filled = int(cache.layers[0].cumulative_length)
         x = self.token_embedding[token[0]] + self.position_embedding[position]  # [1, n_embd]
         for layer, stored in zip(self.layers, cache.layers, strict=True):
@@ -110,8 +124,7 @@ class OneTokenStep:
             keys[:, filled : filled + 1] = k
             values[:, filled : filled + 1] = v
             stored.cumulative_length += 1
-            scores = torch.bmm(q, keys[:, : filled + 1].transpose(1, 2)).mul_(scale)  # [heads, 1, n]
-            attended = torch.bmm(scores.softmax(-1), values[:, : filled + 1])  # [heads, 1, head_dim]
+            attended = self.attend(q, keys[:, : filled + 1], values[:, : filled + 1])  # [heads, 1, head_dim]
             x = x + layer.attention_out(attended.view(1, -1))
             h = F.layer_norm(x, width, *layer.ln_2)
             x = x + layer.contract(layer.activation(layer.expand(h)))
