@@ -68,7 +68,7 @@ def _norm(module: nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor, float]:
 
 
 def _tanh_gelu(x: torch.Tensor) -> torch.Tensor:
-    return F.gelu(x, approximate="tanh")
+    return torch._C._nn.gelu(x, approximate="tanh")  # F.gelu without its wrapper's checks
 
 
 class OneTokenStep:
@@ -114,18 +114,20 @@ class OneTokenStep:
     def __call__(self, cache: FilledStaticCache, token: torch.Tensor, position: int) -> torch.Tensor:
         """token: [1, 1]; `position` its position id, `cache` holding every earlier position.
         Returns the logits after it, [1, 1, vocab]."""
-        heads, head_dim, width = self.heads, self.head_dim, self.width
+        # torch's own ops, not their Python wrappers (torch.nn.functional): at ~250 operations a
+        # step, each wrapper's checks cost as much as a small operation.
+        heads, head_dim, width, layer_norm = self.heads, self.head_dim, self.width, torch.layer_norm
         filled = int(cache.layers[0].cumulative_length)
         x = self.token_embedding[token[0]] + self.position_embedding[position]  # [1, n_embd]
         for layer, stored in zip(self.layers, cache.layers, strict=True):
-            h = F.layer_norm(x, width, *layer.ln_1)
-            q, k, v = layer.qkv(h).view(3, heads, 1, head_dim)  # [heads, 1, head_dim] each
+            h = layer_norm(x, width, *layer.ln_1)
+            q, k, v = layer.qkv(h).view(3, heads, 1, head_dim).unbind(0)  # [heads, 1, head_dim] each
             keys, values = stored.keys[0], stored.values[0]  # [heads, max_length, head_dim]
-            keys[:, filled : filled + 1] = k
-            values[:, filled : filled + 1] = v
+            keys.narrow(1, filled, 1).copy_(k)
+            values.narrow(1, filled, 1).copy_(v)
             stored.cumulative_length += 1
-            attended = self.attend(q, keys[:, : filled + 1], values[:, : filled + 1])  # [heads, 1, head_dim]
-            x = x + layer.attention_out(attended.view(1, -1))
-            h = F.layer_norm(x, width, *layer.ln_2)
+            attended = self.attend(q, keys.narrow(1, 0, filled + 1), values.narrow(1, 0, filled + 1))
+            x = x + layer.attention_out(attended.view(1, -1))  # attended: [heads, 1, head_dim]
+            h = layer_norm(x, width, *layer.ln_2)
             x = x + layer.contract(layer.activation(layer.expand(h)))
-        return self.lm_head(F.layer_norm(x, width, *self.ln_f))[None]  # [1, 1, vocab]
+        return self.lm_head(layer_norm(x, width, *self.ln_f))[None]  # [1, 1, vocab]
