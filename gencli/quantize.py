@@ -78,8 +78,7 @@ class Int8Projection(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.size(-1))  # [rows, in]
         if self._one_row is not None and flat.size(0) == 1 and x.device.type == "cpu":
-            kernel, prepared = self._one_row
-            return kernel.run(flat, prepared).view(*x.shape[:-1], -1)  # [..., out]
+            return self.one_row(flat).view(*x.shape[:-1], -1)  # [..., out]
         if x.device.type == "cpu" and self.kernel_fits:
             compute = kernel_dtype(x.dtype)
             scales = self.kernel_scales if self.kernel_scales.dtype == compute else self.scales.to(compute)
