@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextvars
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -80,7 +80,9 @@ def _shape(module: nn.Module, layout: Layout) -> tuple[int, int, str]:
     return in_features, out_features, weight_kind(module.weight)
 
 
-def choose_one_row_kernels(model: nn.Module, setting: str = "auto") -> dict[str, Choice]:
+def choose_one_row_kernels(
+    model: nn.Module, setting: str = "auto", on_measure: Callable[[], None] | None = None
+) -> dict[str, Choice]:
     """Give every projection of a transformers GPT-2 the one-row kernel chosen for its kind of
     weight on this machine (`gencli.kernels`: measured, cached, or forced by `setting`) as its
     `one_row_kernel`, and store each float weight, in place, in the layout its kernel reads, with
@@ -94,7 +96,7 @@ def choose_one_row_kernels(model: nn.Module, setting: str = "auto") -> dict[str,
         for module, layout in projections(model)
         if module.weight.device.type == "cpu" and weight_kind(module.weight) in DEFAULTS
     ]
-    choices = choose((_shape(module, layout) for module, layout in found), setting)
+    choices = choose((_shape(module, layout) for module, layout in found), setting, on_measure=on_measure)
     with torch.no_grad():
         for module, layout in found:
             kernel = KERNELS[choices[weight_key(*_shape(module, layout))].kernel]

@@ -541,9 +541,14 @@ def measure(in_features: int, out_features: int, kind: str, kernels: list[Kernel
 
 
 def choose(
-    weights: Iterable[tuple[int, int, str]], forced: str = "auto", path: Path | None = None
+    weights: Iterable[tuple[int, int, str]],
+    forced: str = "auto",
+    path: Path | None = None,
+    on_measure: Callable[[], None] | None = None,
 ) -> dict[str, Choice]:
-    """The kernel for each kind of weight (in, out, kind): forced, from the cache, or measured."""
+    """The kernel for each kind of weight (in, out, kind): forced, from the cache, or measured.
+    `on_measure` is called once before the first measurement (a start-up status says why the
+    first load on a machine takes seconds longer)."""
     path = path or cache_path()
     here = machine()
     entries = _read_cache(path) if forced == "auto" else []
@@ -559,6 +564,9 @@ def choose(
         else:
             cached = _cached_choice(entries, key, here)
             if cached is None:
+                if on_measure is not None:
+                    on_measure()
+                    on_measure = None
                 table = measure(in_features, out_features, kind, candidates(kind))
                 fit = [row for row in table if row.within_tolerance]
                 cached = Choice(key, fit[0].kernel if fit else DEFAULTS[kind], "measured", table)

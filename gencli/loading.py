@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -215,8 +216,10 @@ def load_from_folder(
     dtype: str = "auto",
     quantize: Quantization = "none",
     kernels: KernelName = "auto",
+    on_step: Callable[[str], None] | None = None,
 ) -> LoadedModel:
-    """Load the model `gencli.hub.runnable_folder` found (its name, folder and notice)."""
+    """Load the model `gencli.hub.runnable_folder` found (its name, folder and notice); `on_step`
+    hears a step that takes seconds (measuring the kernels at a machine's first load)."""
     started = time.perf_counter()
     quiet_libraries()
     torch_device = resolve_device(device)
@@ -237,7 +240,7 @@ def load_from_folder(
         ) from None
     model.to(torch_device).eval()
     quantize_model(model, quantize)
-    chosen = choose_one_row_kernels(model, kernels)
+    chosen = choose_one_row_kernels(model, kernels, _measuring(on_step))
     tokenizer = load_tokenizer(folder, model.config.vocab_size)
     check_vocabulary(name, tokenizer, model.config.vocab_size)
     loaded = LoadedModel(
@@ -255,6 +258,12 @@ def load_from_folder(
     if tokenizer.name_or_path == str(BUNDLED_TOKENIZER):
         loaded.notices.append(f"{folder} has no tokenizer files: using gencli's bundled GPT-2 tokenizer")
     return loaded
+
+
+def _measuring(on_step: Callable[[str], None] | None) -> Callable[[], None] | None:
+    if on_step is None:
+        return None
+    return lambda: on_step("measuring the one-row kernels on this machine (once, kept in the cache)")
 
 
 def load_config(name: str, folder: Path) -> PretrainedConfig:
@@ -289,6 +298,7 @@ def random_model(
     seed: int = 0,
     quantize: Quantization = "none",
     kernels: KernelName = "auto",
+    on_step: Callable[[str], None] | None = None,
 ) -> LoadedModel:
     """A model of a real architecture with seeded random weights: it costs what the real one does."""
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -300,7 +310,7 @@ def random_model(
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(GPT2Config()).to(device=torch_device, dtype=resolve_dtype(dtype))
     quantize_model(model.eval(), quantize)
-    chosen = choose_one_row_kernels(model, kernels)
+    chosen = choose_one_row_kernels(model, kernels, _measuring(on_step))
     tokenizer = AutoTokenizer.from_pretrained(str(BUNDLED_TOKENIZER))
     return LoadedModel(
         name=f"{architecture} architecture, random weights",

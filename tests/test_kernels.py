@@ -57,12 +57,16 @@ def test_the_fastest_kernel_within_tolerance_is_chosen_and_a_wrong_one_never(bro
 
 def test_the_choice_is_cached_and_read_back_without_measuring(tmp_path, monkeypatch):
     path = tmp_path / "kernels.json"
-    first = choose([SHAPE], path=path)["256x1024 float32"]
-    entry = json.loads(path.read_text())["entries"][0]
+    told = []
+    first = choose([SHAPE, (1024, 256, "float32")], path=path, on_measure=lambda: told.append(1))
+    first = first["256x1024 float32"]
+    assert told == [1]  # once, before the first of the two measurements
+    entry = next(e for e in json.loads(path.read_text())["entries"] if e["weight"] == "256x1024 float32")
     assert entry["machine"] == machine() and entry["weight"] == "256x1024 float32"
     assert entry["kernel"] == first.kernel and len(entry["table"]) == len(first.table)
     monkeypatch.setattr(kernels, "measure", lambda *args: pytest.fail("measured again"))
-    again = choose([SHAPE], path=path)["256x1024 float32"]
+    again = choose([SHAPE], path=path, on_measure=lambda: told.append(2))["256x1024 float32"]
+    assert told == [1]
     assert (again.kernel, again.source, again.table) == (first.kernel, "cached", first.table)
 
 

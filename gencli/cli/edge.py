@@ -315,7 +315,12 @@ def load(settings: Settings, step: Callable[[str], None], arch: str | None = Non
 
         step(f"building {arch} with random weights")
         return random_model(
-            arch, settings.device, settings.dtype, quantize=settings.quantize, kernels=settings.kernels
+            arch,
+            settings.device,
+            settings.dtype,
+            quantize=settings.quantize,
+            kernels=settings.kernels,
+            on_step=step,
         )
     else:
         from gencli.hub import quiet_libraries, runnable_folder
@@ -328,7 +333,7 @@ def load(settings: Settings, step: Callable[[str], None], arch: str | None = Non
 
         step(f"loading model {settings.model}")
         loaded = load_from_folder(
-            *found, settings.device, settings.dtype, settings.quantize, settings.kernels
+            *found, settings.device, settings.dtype, settings.quantize, settings.kernels, on_step=step
         )
         if _LOADED is not None:
             _LOADED[key] = loaded
