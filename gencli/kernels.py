@@ -117,6 +117,10 @@ class Kernel:
         if self.prepare_weight is not None:
             return self.prepare_weight(weight if layout == "out_in" else weight.t(), bias)
         stored = weight.detach().to(self.stores(weight.dtype))
+        if stored.dtype != weight.dtype and not torch.isfinite(stored).all():
+            # Beyond the narrower storage's range (float16 tops out at 65504, bfloat16 at 3e38):
+            # float32 holds every value exactly, and the kernel runs on it all the same.
+            stored = weight.detach().float()
         if layout != self.layout:
             stored = stored.t()
         stored = stored if stored.is_contiguous() else stored.contiguous()

@@ -34,6 +34,16 @@ def test_every_candidate_computes_the_product_within_its_kinds_tolerance(kind):
     assert [row.ms for row in table] == sorted(row.ms for row in table)
 
 
+def test_a_weight_beyond_float16s_range_is_stored_in_float32_not_as_infinity():
+    weight = torch.full((8, 16), 0.5, dtype=torch.bfloat16)
+    weight[3, 5] = 1e6  # a bfloat16 value float16 cannot hold
+    prepared = KERNELS["linear-float16"].prepare(weight, None, "out_in")
+    assert prepared[0].dtype == torch.float32 and torch.equal(prepared[0], weight.float())
+    x = torch.ones(1, 16, dtype=torch.bfloat16)
+    out = KERNELS["linear-float16"].run(x, prepared)
+    assert out.dtype == torch.bfloat16 and out[0, 3].item() == pytest.approx(1e6 + 7.5, rel=1e-2)
+
+
 def _broken(x: torch.Tensor, prepared: tuple) -> torch.Tensor:
     return torch.zeros(1, prepared[0].shape[0], dtype=x.dtype)  # instant, and wrong
 
