@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import shutil
 import statistics
@@ -49,7 +48,7 @@ from torch.nn import functional as F
 
 from gencli.errors import GencliError
 from gencli.files import atomic_path
-from gencli.settings import KernelName
+from gencli.settings import KernelName, user_cache_dir
 
 Layout = Literal["in_out", "out_in"]
 Prepared = tuple[torch.Tensor, ...]  # what a kernel reads: the weight as it stores it, and the rest
@@ -359,8 +358,7 @@ def machine() -> dict[str, Any]:
 
 
 def cache_path() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "gencli" / "kernels.json"
+    return user_cache_dir() / "kernels.json"
 
 
 @cache

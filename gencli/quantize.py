@@ -17,10 +17,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gencli.kernels import Kernel, Prepared, kernel_dtype
+from gencli.kernels import KERNELS, Kernel, Prepared, kernel_dtype
 from gencli.settings import Quantization
 
-INT8_KERNEL = hasattr(torch.ops.aten, "_weight_int8pack_mm")
+INT8PACK = KERNELS["int8pack"]
+INT8_KERNEL = INT8PACK.runs_here()
 # The kernel reads the input width in blocks of 16 and does not check it: another width crashes
 # the process for two rows or more and returns garbage for one (measured, torch 2.13).
 KERNEL_WIDTH_MULTIPLE = 16
@@ -46,9 +47,10 @@ class Int8Projection(nn.Module):
 
     @one_row_kernel.setter
     def one_row_kernel(self, kernel: Kernel) -> None:
-        if kernel.name == "int8pack" and not self.kernel_fits:
-            return  # the width the kernel cannot take: the dequantized product, as for more rows
-        self._one_row = kernel, kernel.prepare_int8(self.weight, self.scales, self.bias)
+        # int8pack is the product of every row count already, on the projection's own tensors.
+        self._one_row = (
+            None if kernel is INT8PACK else (kernel, kernel.prepare_int8(self.weight, self.scales, self.bias))
+        )
 
     @classmethod
     def quantize(cls, weight: torch.Tensor, bias: torch.Tensor | None, *, layout: str) -> Int8Projection:
@@ -69,25 +71,25 @@ class Int8Projection(nn.Module):
         return self.weight.to(self.scales.dtype) * self.scales[:, None]
 
     def one_row(self, x: torch.Tensor) -> torch.Tensor:
-        """x · Wᵀ + b for x of one row, [1, in]: the same as `forward`, for a decode step."""
+        """x · Wᵀ + b for x of one row, [1, in], on CPU: the one-row kernel, for a decode step."""
         if self._one_row is None:
-            return self(x)
+            return self._product(x)
         kernel, prepared = self._one_row
         return kernel.run(x, prepared)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.size(-1))  # [rows, in]
-        if self._one_row is not None and flat.size(0) == 1 and x.device.type == "cpu":
-            return self.one_row(flat).view(*x.shape[:-1], -1)  # [..., out]
-        if x.device.type == "cpu" and self.kernel_fits:
-            compute = kernel_dtype(x.dtype)
-            scales = self.kernel_scales if self.kernel_scales.dtype == compute else self.scales.to(compute)
-            product = torch.ops.aten._weight_int8pack_mm(flat.to(compute), self.weight, scales).to(x.dtype)
-        else:
-            product = flat @ self.dequantized().to(x.dtype).t()
-        if self.bias is not None:
-            product = product + self.bias
-        return product.view(*x.shape[:-1], -1)  # [..., out]
+        one_row = flat.size(0) == 1 and x.device.type == "cpu"
+        return (self.one_row(flat) if one_row else self._product(flat)).view(*x.shape[:-1], -1)  # [..., out]
+
+    def _product(self, flat: torch.Tensor) -> torch.Tensor:
+        """x · Wᵀ + b for flat [rows, in]: int8pack on CPU where it takes the width, else the
+        dequantized weights."""
+        if flat.device.type == "cpu" and self.kernel_fits:
+            bias = () if self.bias is None else (self.bias,)
+            return INT8PACK.run(flat, (self.weight, self.kernel_scales, *bias))
+        product = flat @ self.dequantized().to(flat.dtype).t()
+        return product if self.bias is None else product + self.bias
 
 
 def quantize_model(model: nn.Module, quantization: Quantization) -> None:

@@ -517,6 +517,13 @@ def user_data_dir() -> Path:
     return user_data_path("gencli")
 
 
+def user_cache_dir() -> Path:
+    """Where gencli keeps what it measured on this machine (honours XDG_CACHE_HOME)."""
+    from platformdirs import user_cache_path
+
+    return user_cache_path("gencli")
+
+
 def preset_names() -> tuple[str, ...]:
     folder = resources.files("gencli.presets")
     return tuple(

@@ -83,11 +83,11 @@ class KVCacheEngine(CachedStepEngine):
         if (
             self.one_token is not None
             and attention_mask is None
+            and positions is None
             and new_tokens.shape == (1, 1)
             and cache.layers[0].is_initialized
         ):
-            position = int(cache.layers[0].cumulative_length) if positions is None else int(positions[0, -1])
-            return self.one_token(cache, new_tokens, position)
+            return self.one_token(cache, new_tokens)
         body = self.transformer(
             new_tokens,
             **cache_argument(cache),

@@ -111,14 +111,14 @@ class OneTokenStep:
         bmm in those dtypes falls back to a loop on a CPU without them (165-290 us against 130)."""
         return F.scaled_dot_product_attention(q[None], keys[None], values[None])[0]
 
-    def __call__(self, cache: FilledStaticCache, token: torch.Tensor, position: int) -> torch.Tensor:
-        """token: [1, 1]; `position` its position id, `cache` holding every earlier position.
+    def __call__(self, cache: FilledStaticCache, token: torch.Tensor) -> torch.Tensor:
+        """token: [1, 1], after the positions `cache` holds (its position id is their count).
         Returns the logits after it, [1, 1, vocab]."""
         # torch's own ops, not their Python wrappers (torch.nn.functional): at ~250 operations a
         # step, each wrapper's checks cost as much as a small operation.
         heads, head_dim, width, layer_norm = self.heads, self.head_dim, self.width, torch.layer_norm
         filled = int(cache.layers[0].cumulative_length)
-        x = self.token_embedding[token[0]] + self.position_embedding[position]  # [1, n_embd]
+        x = self.token_embedding[token[0]] + self.position_embedding[filled]  # [1, n_embd]
         for layer, stored in zip(self.layers, cache.layers, strict=True):
             h = layer_norm(x, width, *layer.ln_1)
             q, k, v = layer.qkv(h).view(3, heads, 1, head_dim).unbind(0)  # [heads, 1, head_dim] each
